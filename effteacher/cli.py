@@ -1,0 +1,214 @@
+"""Typer command line: parse and validate options, then call one engine function. No logic here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+app = typer.Typer(
+    name="effteacher",
+    help="Semi-supervised object detection (Efficient Teacher) with a YOLO-style workflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _call(ctx: typer.Context, fn: Callable[[], Any]) -> Any:
+    """Run an engine call; user errors become one red line and exit code 1 (traceback with --verbose)."""
+    from effteacher.errors import EffTeacherError
+
+    verbose = bool(ctx.obj and ctx.obj.get("verbose"))
+    try:
+        return fn()
+    except EffTeacherError as e:
+        if verbose:
+            raise
+        from effteacher.utils.console import error
+
+        error(str(e))
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        from effteacher.utils.console import error
+
+        error("interrupted; a training run resumes with --resume")
+        raise typer.Exit(130) from None
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks for errors."),
+) -> None:
+    ctx.obj = {"verbose": verbose}
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    data: str = typer.Option("sample", help="Dataset YAML, or 'sample' for the bundled sample dataset."),
+    labeled: str = typer.Option("10%", help="Labeled part of train: '10%', '0.1' or a count '200'."),
+    model: str = typer.Option("n", help="n|s|m|l|x|retina-r18|retina-r50"),
+    epochs: Optional[int] = typer.Option(None, help="Total epochs (burn-in included)."),
+    burn_in: Optional[int] = typer.Option(None, "--burn-in", help="Supervised burn-in epochs before SSOD."),
+    imgsz: Optional[int] = typer.Option(None, help="Train/val image size (pixels)."),
+    batch: Optional[int] = typer.Option(None, help="Total batch size (labeled images per step)."),
+    device: str = typer.Option("cpu", help="cpu, 0, or 0,1,... (several GPUs run DDP)."),
+    weights: Optional[str] = typer.Option(None, help="Initial weights (an effteacher .pt)."),
+    resume: Optional[str] = typer.Option(
+        None, help="Resume a run: its folder or last.pt ('' or 'last' = newest run).", show_default=False
+    ),
+    supervised: bool = typer.Option(False, "--supervised", help="Supervised baseline on the labeled split only."),
+    seed: int = typer.Option(0, help="Seed of the split and of training."),
+    project: str = typer.Option("runs/train", help="Parent folder of the run."),
+    name: str = typer.Option("exp", help="Run name (incremented unless --exist-ok)."),
+    exist_ok: bool = typer.Option(False, "--exist-ok", help="Reuse an existing run folder."),
+    workers: Optional[int] = typer.Option(None, help="Dataloader workers."),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA (always off on CPU)."),
+    thresholds: Optional[str] = typer.Option(None, help="Pseudo-label thresholds: adaptor|fixed|gmm."),
+    patience: Optional[int] = typer.Option(None, help="Early-stop patience in epochs."),
+    nproc: int = typer.Option(1, help="Processes for DDP on CPU (gloo), e.g. --device cpu --nproc 2."),
+    cfg: Optional[Path] = typer.Option(None, help="YAML with any TrainConfig keys (args.yaml format)."),
+) -> None:
+    """Train a detector, semi-supervised by default (supervised with --supervised)."""
+
+    def run() -> Any:
+        from effteacher.config import TrainConfig, load_yaml, replace
+        from effteacher.engine.trainer import train as train_fn
+
+        base = load_yaml(cfg) if cfg else TrainConfig()
+        changes: dict[str, Any] = dict(
+            data=data, labeled=labeled, model=model, device=device, weights=weights, resume=resume,
+            supervised=supervised, seed=seed, project=project, name=name, exist_ok=exist_ok, amp=amp,
+        )
+        optional = dict(epochs=epochs, burn_in=burn_in, imgsz=imgsz, batch=batch, workers=workers, patience=patience)
+        changes.update({k: v for k, v in optional.items() if v is not None})
+        if thresholds is not None:
+            changes["ssod.thresholds"] = thresholds
+        return train_fn(replace(base, **changes), nproc=nproc)
+
+    _call(ctx, run)
+
+
+@app.command()
+def val(
+    ctx: typer.Context,
+    weights: str = typer.Option(..., help="Weights: .pt, .onnx, .torchscript or .engine."),
+    data: str = typer.Option("sample", help="Dataset YAML or 'sample'."),
+    imgsz: Optional[int] = typer.Option(None, help="Image size (default: from the weights)."),
+    batch: int = typer.Option(16, help="Batch size."),
+    conf: float = typer.Option(0.001, help="Confidence threshold."),
+    iou: float = typer.Option(0.6, help="NMS IoU threshold."),
+    split: str = typer.Option("val", help="val or test."),
+    device: str = typer.Option("cpu", help="cpu or a CUDA index."),
+    workers: int = typer.Option(2, help="Dataloader workers."),
+    project: str = typer.Option("runs/val"),
+    name: str = typer.Option("exp"),
+    exist_ok: bool = typer.Option(False, "--exist-ok"),
+) -> None:
+    """Evaluate weights on a dataset split (pycocotools mAP)."""
+
+    def run() -> Any:
+        from effteacher.engine.evaluator import run_val
+
+        return run_val(weights=weights, data=data, imgsz=imgsz, batch=batch, conf=conf, iou=iou, split=split,
+                       device=device, workers=workers, project=project, name=name, exist_ok=exist_ok)
+
+    _call(ctx, run)
+
+
+@app.command()
+def predict(
+    ctx: typer.Context,
+    source: str = typer.Argument(..., help="Image file, folder, glob or .txt list."),
+    weights: str = typer.Option(..., help="Weights: .pt, .onnx, .torchscript or .engine."),
+    conf: float = typer.Option(0.25),
+    iou: float = typer.Option(0.45),
+    max_det: int = typer.Option(300, "--max-det"),
+    imgsz: Optional[int] = typer.Option(None, help="Image size (default: from the weights)."),
+    device: str = typer.Option("cpu"),
+    save_txt: bool = typer.Option(False, "--save-txt", help="Write labels/<stem>.txt (cls cx cy w h conf)."),
+    save_json: bool = typer.Option(False, "--save-json", help="Write predictions.json (COCO format)."),
+    save_images: bool = typer.Option(True, "--save-images/--no-save-images"),
+    project: str = typer.Option("runs/predict"),
+    name: str = typer.Option("exp"),
+    exist_ok: bool = typer.Option(False, "--exist-ok"),
+) -> None:
+    """Run a detector on images."""
+
+    def run() -> Any:
+        from effteacher.engine.predictor import run_predict
+
+        return run_predict(source=source, weights=weights, conf=conf, iou=iou, max_det=max_det, imgsz=imgsz,
+                           device=device, save_txt=save_txt, save_json=save_json, save_images=save_images,
+                           project=project, name=name, exist_ok=exist_ok)
+
+    _call(ctx, run)
+
+
+@app.command()
+def export(
+    ctx: typer.Context,
+    weights: str = typer.Option(..., help="An effteacher .pt checkpoint."),
+    format: str = typer.Option("onnx", help="onnx|torchscript|engine"),
+    imgsz: Optional[int] = typer.Option(None, help="Export image size (default: from the weights)."),
+    batch: int = typer.Option(1),
+    dynamic: bool = typer.Option(False, "--dynamic", help="Dynamic batch/height/width."),
+    half: bool = typer.Option(False, "--half", help="FP16 (CUDA only)."),
+    opset: int = typer.Option(17),
+    nms: bool = typer.Option(False, "--nms", help="Put NMS in the graph: output (N, max_det, 6)."),
+    max_det: int = typer.Option(100, "--max-det"),
+    simplify: bool = typer.Option(False, "--simplify", help="Simplify with onnxslim/onnxsim if installed."),
+    device: str = typer.Option("cpu"),
+) -> None:
+    """Export a checkpoint to ONNX, TorchScript or TensorRT, checked against PyTorch."""
+
+    def run() -> Any:
+        from effteacher.export.api import run_export
+
+        return run_export(weights=weights, format=format, imgsz=imgsz, batch=batch, dynamic=dynamic, half=half,
+                          opset=opset, nms=nms, max_det=max_det, simplify=simplify, device=device)
+
+    _call(ctx, run)
+
+
+@app.command()
+def split(
+    ctx: typer.Context,
+    data: str = typer.Option("sample", help="Dataset YAML or 'sample'."),
+    labeled: str = typer.Option("10%", help="'10%', '0.1' or a count '200'."),
+    seed: int = typer.Option(0),
+    project: str = typer.Option("runs/split"),
+    name: str = typer.Option("exp"),
+    exist_ok: bool = typer.Option(False, "--exist-ok"),
+) -> None:
+    """Write the seeded labeled/unlabeled split manifest only."""
+
+    def run() -> Any:
+        from effteacher.data.split import run_split
+
+        return run_split(data=data, labeled=labeled, seed=seed, project=project, name=name, exist_ok=exist_ok)
+
+    _call(ctx, run)
+
+
+@app.command()
+def check(
+    ctx: typer.Context,
+    data: str = typer.Option("sample", help="Dataset YAML or 'sample'."),
+) -> None:
+    """Validate a dataset and print a report."""
+
+    def run() -> Any:
+        from effteacher.data.report import run_check
+
+        return run_check(data=data)
+
+    _call(ctx, run)
+
+
+def main() -> None:
+    app()

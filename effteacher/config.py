@@ -1,0 +1,205 @@
+"""Typed configuration: every hyperparameter in one place, with strict YAML/dict round-trips."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from effteacher.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Labeled-view and unlabeled strong-view augmentation (YOLOv5 defaults for the labeled view)."""
+
+    hsv_h: float = 0.015  # hue gain (fraction)
+    hsv_s: float = 0.7  # saturation gain (fraction)
+    hsv_v: float = 0.4  # value gain (fraction)
+    degrees: float = 0.0  # rotation (+/- deg)
+    translate: float = 0.1  # translation (+/- fraction)
+    scale: float = 0.5  # scale gain (+/-)
+    shear: float = 0.0  # shear (+/- deg)
+    perspective: float = 0.0  # perspective (+/- fraction), 0 keeps the transform affine
+    flipud: float = 0.0  # vertical flip probability
+    fliplr: float = 0.5  # horizontal flip probability
+    mosaic: float = 1.0  # mosaic probability
+    mixup: float = 0.0  # mixup probability
+    close_mosaic: int = 0  # turn mosaic off for the last N epochs
+    # Strong view of unlabeled images (student input). Never reads unlabeled labels.
+    strong_degrees: float = 0.0
+    strong_translate: float = 0.1
+    strong_scale: float = 0.5
+    strong_shear: float = 0.0
+    strong_fliplr: float = 0.5
+    cutout: float = 0.5  # probability of cutout (random erasing) on the strong view
+    blur: float = 0.1  # probability of blur on the strong view
+    noise: float = 0.1  # probability of gaussian noise on the strong view
+    color_jitter: float = 0.8  # probability of colour jitter on the strong view
+    weak_fliplr: float = 0.5  # flip probability of the weak (teacher) view
+    cross_domain: float = 0.0  # probability of Instant-Teaching mosaic/mixup across L and U
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Supervised loss gains and options (METHOD.md section 2)."""
+
+    box: float = 0.05
+    obj: float = 1.0  # scaled by (imgsz/640)^2 at build time
+    cls: float = 0.5  # scaled by nc/80 at build time
+    anchor_t: float = 4.0
+    balance: tuple[float, float, float] = (4.0, 1.0, 0.4)
+    iou_type: Literal["ciou", "giou"] = "ciou"
+    focal_gamma: float = 0.0  # >0 turns on focal loss (RetinaNet option: 2.0)
+    focal_alpha: float = 0.25
+    label_smoothing: float = 0.0
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer and LR schedule (YOLOv5 defaults)."""
+
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr0: float = 0.01
+    lrf: float = 0.01  # final LR = lr0 * lrf
+    momentum: float = 0.937
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 3.0
+    warmup_momentum: float = 0.8
+    warmup_bias_lr: float = 0.1
+    cos_lr: bool = False
+    nbs: int = 64  # nominal batch size: gradients are accumulated up to it
+    ema_decay: float = 0.9999  # model EMA of supervised training (ramped like YOLOv5)
+
+
+@dataclass(frozen=True)
+class SSODConfig:
+    """Mean teacher, Pseudo Label Assigner and Epoch Adaptor (METHOD.md sections 3-5)."""
+
+    lambda_u: float = 1.0  # unlabeled loss weight (3.0 on COCO-like data)
+    unsup_box: float = 0.05
+    unsup_obj: float = 0.7
+    unsup_cls: float = 0.3
+    tau1: float = 0.1  # low threshold (fixed strategy, and the start value of the others)
+    tau2: float = 0.6  # high threshold
+    nms_iou: float = 0.65
+    obj_box_thres: float = 0.99  # uncertain boxes get a box loss only above this teacher objectness
+    thresholds: Literal["adaptor", "fixed", "gmm"] = "adaptor"
+    ea_alpha: float = 0.6  # Epoch Adaptor: tau2 keeps the top alpha of the expected boxes
+    domain_adapt: bool = True
+    lambda_da: float = 0.1
+    teacher_decay: float = 0.999  # EMA decay of the teacher after burn-in
+    flip_teacher: bool = False  # Humble Teacher flip ensemble
+    unlabeled_ratio: int = 1  # unlabeled images per labeled image in a batch
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything `effteacher train` needs; written to args.yaml and stored in checkpoints."""
+
+    data: str = "sample"
+    model: str = "n"
+    labeled: str = "10%"
+    supervised: bool = False
+    epochs: int = 30
+    burn_in: int = 10
+    imgsz: int = 640
+    batch: int = 16
+    device: str = "cpu"
+    weights: str | None = None
+    resume: str | None = None
+    seed: int = 0
+    project: str = "runs/train"
+    name: str = "exp"
+    exist_ok: bool = False
+    workers: int = 2
+    amp: bool = True
+    patience: int = 100
+    cache: bool = False  # RAM cache of resized images
+    val_every: int = 1
+    aug: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ssod: SSODConfig = field(default_factory=SSODConfig)
+
+
+_NESTED = {"aug": AugmentConfig, "loss": LossConfig, "optim": OptimConfig, "ssod": SSODConfig}
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists) for YAML and checkpoints."""
+    out = dataclasses.asdict(cfg)
+
+    def fix(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return list(v)
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        return v
+
+    return fix(out)
+
+
+def _check_keys(cls: type, d: dict[str, Any], where: str) -> None:
+    allowed = [f.name for f in fields(cls)]
+    for key in d:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else f" Allowed: {', '.join(allowed)}."
+            raise ConfigError(f"unknown config key '{where}{key}'.{hint}")
+
+
+def _build(cls: type, d: dict[str, Any], where: str = "") -> Any:
+    _check_keys(cls, d, where)
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in d:
+            continue
+        v = d[f.name]
+        if f.name in _NESTED and cls is TrainConfig:
+            if not isinstance(v, dict):
+                raise ConfigError(f"config key '{f.name}' must be a mapping")
+            v = _build(_NESTED[f.name], v, f"{f.name}.")
+        elif isinstance(v, list):
+            v = tuple(v)
+        kwargs[f.name] = v
+    return cls(**kwargs)
+
+
+def from_dict(d: dict[str, Any]) -> TrainConfig:
+    """Build a TrainConfig; unknown keys raise ConfigError with a suggestion."""
+    return _build(TrainConfig, d)
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    """dataclasses.replace that also accepts dotted nested keys, e.g. ``{'ssod.tau2': 0.5}``."""
+    flat = {k: v for k, v in changes.items() if "." not in k}
+    nested: dict[str, dict[str, Any]] = {}
+    for k, v in changes.items():
+        if "." in k:
+            head, tail = k.split(".", 1)
+            nested.setdefault(head, {})[tail] = v
+    for head, sub in nested.items():
+        if head not in _NESTED:
+            raise ConfigError(f"unknown config section '{head}'")
+        _check_keys(_NESTED[head], sub, f"{head}.")
+        flat[head] = dataclasses.replace(getattr(cfg, head), **sub)
+    _check_keys(type(cfg), flat, "")
+    return dataclasses.replace(cfg, **flat)
+
+
+def save_yaml(cfg: Any, path: Path) -> None:
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def load_yaml(path: Path) -> TrainConfig:
+    import yaml
+
+    d = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys")
+    return from_dict(d)

@@ -1,0 +1,1 @@
+"""Dataset spec, reading, validation, splits, augmentation views, loaders and the sample dataset."""

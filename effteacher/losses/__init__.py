@@ -1,0 +1,1 @@
+"""Detection losses: IoU variants, target assignment, supervised and pseudo-label losses."""

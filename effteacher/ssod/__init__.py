@@ -1,0 +1,1 @@
+"""Semi-supervised parts: teacher EMA, Pseudo Label Assigner, thresholds, domain discriminator."""

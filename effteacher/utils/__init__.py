@@ -1,0 +1,1 @@
+"""Small shared utilities: boxes, plots, console, files."""

@@ -1,0 +1,26 @@
+"""Rich console output: one place for info, warnings and errors."""
+
+from __future__ import annotations
+
+import functools
+
+from rich.console import Console
+from rich.markup import escape
+
+
+@functools.lru_cache(maxsize=2)
+def console(stderr: bool = False) -> Console:
+    """The process's rich Console (created on first use, not at import)."""
+    return Console(stderr=stderr, highlight=False)
+
+
+def info(msg: str) -> None:
+    console().print(msg)
+
+
+def warn(msg: str) -> None:
+    console(stderr=True).print(f"[yellow]WARNING[/yellow] {escape(msg)}", markup=True)
+
+
+def error(msg: str) -> None:
+    console(stderr=True).print(f"[red]ERROR[/red] {escape(msg)}", markup=True)

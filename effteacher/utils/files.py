@@ -1,0 +1,45 @@
+"""Run folders and atomic file writes."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+
+def increment_path(project: str | Path, name: str, exist_ok: bool = False, mkdir: bool = True) -> Path:
+    """runs/train/exp -> runs/train/exp2, exp3, ... unless exist_ok (YOLOv5 habit)."""
+    base = Path(project) / name
+    path = base
+    if not exist_ok and path.exists():
+        m = re.match(r"^(.*?)(\d+)$", name)
+        stem = m.group(1) if m else name
+        n = 2
+        while (Path(project) / f"{stem}{n}").exists():
+            n += 1
+        path = Path(project) / f"{stem}{n}"
+    if mkdir:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def atomic_write(path: str | Path, writer: Callable[[str], None]) -> None:
+    """Call ``writer(tmp_path)`` then fsync and rename over ``path``: a kill never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        writer(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
