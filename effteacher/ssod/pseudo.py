@@ -1,0 +1,109 @@
+"""Pseudo Label Assigner: teacher detections on the weak view -> masked student targets on the strong view."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from effteacher.utils.boxes import clip_boxes, transform_boxes, xyxy2xywhn
+
+
+def map_to_strong(boxes: Tensor, img: Tensor, M: Tensor) -> Tensor:
+    """Map weak-view xyxy pixel boxes into their strong views.
+
+    boxes: (N, 4) xyxy; img: (N,) long image index into M; M: (B, 3, 3) weak->strong matrices.
+    Returns (N, 4) xyxy strong-view pixels, unclipped. One ``transform_boxes`` call per image
+    (B calls), never a per-box loop.
+    """
+    out = torch.empty_like(boxes)
+    for b in torch.unique(img).tolist():
+        sel = img == b
+        out[sel] = transform_boxes(boxes[sel], M[b].to(boxes))
+    return out
+
+
+def assign_pseudo_labels(
+    dets: list[Tensor],
+    M: Tensor,
+    strong_hw: tuple[int, int],
+    tau1: Tensor,
+    tau2: Tensor,
+    obj_box_thres: float = 0.99,
+    min_size: float = 2.0,
+    min_visible: float = 0.5,
+) -> tuple[Tensor, dict[str, Any]]:
+    """Split the teacher's detections into reliable / uncertain student targets (METHOD.md section 3).
+
+    dets: per image (n, 7) ``[x1, y1, x2, y2, score, cls, obj]`` in WEAK-view pixels (post-NMS).
+    M: (B, 3, 3) weak->strong pixel transforms. strong_hw: (H, W) of the strong view.
+    tau1, tau2: (nc,) per-class thresholds. A box is mapped through M, clipped to the strong image
+    and dropped when a side is < ``min_size`` pixels or less than ``min_visible`` of its mapped
+    area lies inside the image. Then, by its class's thresholds:
+
+    - reliable, ``score >= tau2``: ``w_cls=1, w_box=1, obj_target=-1`` (hard, like ground truth);
+    - uncertain, ``tau1 < score < tau2``: ``w_cls=0``, ``w_box = obj > obj_box_thres``,
+      ``obj_target = obj`` (soft);
+    - ``score <= tau1``: dropped (background).
+
+    Returns ``targets`` (N, 9) float32 ``[img, cls, cx, cy, w, h, w_cls, w_box, obj_target]``
+    (boxes normalised to the strong image) and ``stats``: ``n_reliable`` and ``n_uncertain``
+    (floats, per image), ``scores`` and ``classes`` ((K,) all input detections, detached, for the
+    threshold strategies), ``reliable`` ((N,) bool, per target row).
+    """
+    device = dets[0].device if dets else M.device
+    nb = len(dets)
+    for d in dets:
+        if d.numel() and (d.ndim != 2 or d.shape[1] < 7):
+            raise ValueError(
+                f"assign_pseudo_labels: detections must be (n, 7) x1y1x2y2 score cls obj, got {tuple(d.shape)}"
+            )
+    counts = torch.tensor([d.shape[0] if d.numel() else 0 for d in dets], device=device, dtype=torch.long)
+    if int(counts.sum()) == 0:
+        zero = torch.zeros(0, device=device)
+        stats = {"n_reliable": 0.0, "n_uncertain": 0.0, "scores": zero, "classes": zero.long(),
+                 "reliable": torch.zeros(0, dtype=torch.bool, device=device)}
+        return torch.zeros(0, 9, device=device), stats
+    all_dets = torch.cat([d[:, :7] for d in dets if d.numel()], 0)
+    all_dets = all_dets.detach().float()
+    img = torch.repeat_interleave(torch.arange(nb, device=device), counts)
+    score, cls, obj = all_dets[:, 4], all_dets[:, 5].long(), all_dets[:, 6]
+    h, w = strong_hw
+
+    boxes = map_to_strong(all_dets[:, :4], img, M.to(device))
+    area0 = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    boxes = clip_boxes(boxes, (h, w))
+    bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    geom_ok = (bw >= min_size) & (bh >= min_size) & (bw * bh >= min_visible * area0)
+
+    t1 = tau1.to(device=device, dtype=score.dtype)[cls]
+    t2 = tau2.to(device=device, dtype=score.dtype)[cls]
+    reliable = geom_ok & (score >= t2)
+    uncertain = geom_ok & (score > t1) & (score < t2)
+    keep = reliable | uncertain
+
+    rel = reliable[keep]
+    ones = torch.ones_like(score[keep])
+    w_cls = rel.float()
+    w_box = torch.where(rel, ones, (obj[keep] > obj_box_thres).float())
+    obj_t = torch.where(rel, -ones, obj[keep])
+    targets = torch.cat(
+        [
+            img[keep, None].float(),
+            cls[keep, None].float(),
+            xyxy2xywhn(boxes[keep], w=w, h=h),
+            w_cls[:, None],
+            w_box[:, None],
+            obj_t[:, None],
+        ],
+        1,
+    )
+    stats = {
+        "n_reliable": float(reliable.sum()) / nb,
+        "n_uncertain": float(uncertain.sum()) / nb,
+        "scores": score,
+        "classes": cls,
+        "reliable": rel,
+    }
+    return targets, stats

@@ -1,0 +1,224 @@
+"""results.csv writing and resume truncation, progress output, tables, and every plot function."""
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+
+from effteacher.engine.logger import (
+    CSVLogger,
+    TrainProgress,
+    memory_gb,
+    print_threshold_table,
+    print_val_table,
+    progress_values,
+)
+from effteacher.utils.plots import (
+    plot_confusion_matrix,
+    plot_images,
+    plot_labels,
+    plot_pr_curve,
+    plot_pseudo_batch,
+    plot_results,
+)
+
+COLS = ["epoch", "time", "train/box_loss", "metrics/mAP50", "lr"]
+NAMES = ["cat", "dog", "bird"]
+
+
+def _readable(path) -> np.ndarray:
+    assert path.exists() and path.stat().st_size > 0
+    img = cv2.imread(str(path))
+    assert img is not None and img.size > 0
+    return img
+
+
+# ------------------------------------------------------------------------------- CSV logger
+def test_csv_header_rows_and_formatting(tmp_path):
+    log = CSVLogger(tmp_path / "results.csv", COLS)
+    log.log({"epoch": 1, "time": 1.5, "train/box_loss": 0.123456789, "metrics/mAP50": 0.5, "lr": 0.01})
+    log.log({"epoch": 2, "time": 2.0, "train/box_loss": torch.tensor(0.1), "lr": 1e-5})  # mAP missing -> empty
+    lines = (tmp_path / "results.csv").read_text().splitlines()
+    assert lines[0] == "epoch,time,train/box_loss,metrics/mAP50,lr"  # unpadded
+    assert lines[1] == "1,1.5,0.123457,0.5,0.01"
+    assert lines[2] == "2,2,0.1,,1e-05"
+    rows = log.rows()
+    assert [r["epoch"] for r in rows] == [1.0, 2.0] and rows[1]["metrics/mAP50"] == ""
+    with pytest.raises(ValueError, match="unknown"):
+        log.log({"epoch": 3, "bogus": 1})
+    with pytest.raises(ValueError, match="epoch"):
+        log.log({"time": 1})
+
+
+def test_csv_resume_truncates_and_drops_partial_line(tmp_path):
+    p = tmp_path / "results.csv"
+    log = CSVLogger(p, COLS)
+    for e in range(1, 5):
+        log.log({"epoch": e, "time": e, "train/box_loss": 1.0 / e, "metrics/mAP50": 0.1 * e, "lr": 0.01})
+    with open(p, "a") as f:
+        f.write("5,1.0,0.2")  # a kill mid-write
+    assert len(CSVLogger(p, COLS).rows()) == 4
+    kept = CSVLogger(p, COLS).truncate(2)
+    assert [r["epoch"] for r in kept] == [1.0, 2.0]
+    log2 = CSVLogger(p, COLS)
+    log2.log({"epoch": 3, "time": 9, "train/box_loss": 0.3, "metrics/mAP50": 0.7, "lr": 0.001})
+    lines = p.read_text().splitlines()
+    assert lines[0] == ",".join(COLS)
+    assert [ln.split(",")[0] for ln in lines[1:]] == ["1", "2", "3"]
+    assert lines[2] == "2,2,0.5,0.2,0.01"  # values unchanged by the rewrite
+    assert CSVLogger(tmp_path / "none.csv", COLS).truncate(3) == []
+
+
+def test_csv_truncate_with_new_columns(tmp_path):
+    p = tmp_path / "results.csv"
+    CSVLogger(p, ["epoch", "a"]).log({"epoch": 1, "a": 2.0})
+    kept = CSVLogger(p, ["epoch", "a", "b"]).truncate(1)
+    assert kept[0]["a"] == 2.0
+    assert p.read_text().splitlines() == ["epoch,a,b", "1,2,"]
+
+
+# ------------------------------------------------------------------------------ progress, tables
+def test_progress_values_mapping():
+    v = progress_values({"box": 0.1, "obj": 0.2, "cls": 0.3})
+    assert v == {"box": 0.1, "obj": 0.2, "cls": 0.3, "unsup": None, "pseudo": None}
+    v = progress_values({"box": 0.1, "ubox": 0.5, "uobj": 0.25, "ucls": 0.25, "reliable": 3, "uncertain": 2})
+    assert v["unsup"] == pytest.approx(1.0) and v["pseudo"] == pytest.approx(5.0) and v["obj"] is None
+
+
+def test_progress_non_tty_plain_lines():
+    buf = io.StringIO()
+    con = Console(file=buf, force_terminal=False, width=200)
+    assert not con.is_terminal
+    with TrainProgress(2, 10, 25, console=con) as prog:
+        for i in range(25):
+            prog.update({"box": 0.05, "obj": 0.02, "cls": 0.01}, instances=7 + i, size=128)
+    out = buf.getvalue().splitlines()
+    assert out[0].split() == ["Epoch", "Mem", "box", "obj", "cls", "unsup", "pseudo", "Instances", "Size"]
+    body = [ln for ln in out[1:] if ln.strip()]
+    assert 2 <= len(body) <= 12  # throttled, not one line per step
+    last = body[-1].split()
+    assert last[0] == "3/10" and last[1].endswith("G") and last[2] == "0.05" and last[5] == "-"
+    assert last[7] == "31" and last[8] == "128" and last[9] == "25/25"
+
+
+def test_progress_tty_and_disabled():
+    buf = io.StringIO()
+    con = Console(file=buf, force_terminal=True, width=160)
+    prog = TrainProgress(0, 1, 3, console=con)
+    for _ in range(3):
+        prog.update({"box": 1.0, "unsup": 0.5, "pseudo": 4}, 5, 64)
+    prog.close()
+    assert "1/1" in buf.getvalue() and "3/3" in buf.getvalue()
+    quiet = io.StringIO()
+    p2 = TrainProgress(0, 1, 3, enabled=False, console=Console(file=quiet))
+    p2.update({"box": 1.0}, 1, 64)
+    p2.close()
+    assert quiet.getvalue() == "" and p2.step == 1
+    assert memory_gb() > 0
+
+
+def test_val_and_threshold_tables():
+    buf = io.StringIO()
+    con = Console(file=buf, width=120)
+    rows = [{"cls": -1, "images": 10, "instances": 30, "p": 0.5, "r": 0.25, "map50": 0.4, "map": 0.2},
+            (1, 4, 12, 0.6, 0.3, 0.45, 0.25)]
+    table = print_val_table(rows, NAMES, console=con)
+    text = buf.getvalue()
+    assert [c.header for c in table.columns] == ["Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95"]
+    lines = [ln.split() for ln in text.splitlines() if ln.strip()]
+    assert lines[1] == ["all", "10", "30", "0.5", "0.25", "0.4", "0.2"]
+    assert lines[2][0] == "dog"
+    buf2 = io.StringIO()
+    print_threshold_table(torch.tensor([0.1, 0.2, 0.3]), 0.6, NAMES, console=Console(file=buf2, width=80))
+    assert "bird" in buf2.getvalue() and "0.300" in buf2.getvalue() and "0.600" in buf2.getvalue()
+    buf3 = io.StringIO()
+    print_threshold_table(np.linspace(0, 1, 30), np.ones(30), [str(i) for i in range(30)],
+                          console=Console(file=buf3, width=80))
+    assert "mean (30 classes)" in buf3.getvalue() and "0.500" in buf3.getvalue()
+
+
+# ----------------------------------------------------------------------------------------- plots
+def test_plot_results(tmp_path):
+    p = tmp_path / "results.csv"
+    log = CSVLogger(p, COLS)
+    for e in range(1, 4):
+        log.log({"epoch": e, "time": e, "train/box_loss": 1.0 / e, "metrics/mAP50": 0.1 * e, "lr": 0.01})
+    out = plot_results(p)
+    assert out == tmp_path / "results.png"
+    _readable(out)
+    empty = tmp_path / "e" / "results.csv"
+    CSVLogger(empty, COLS).truncate(0)  # header only
+    _readable(plot_results(empty))
+    _readable(plot_results(tmp_path / "missing" / "results.csv"))
+
+
+def test_plot_labels(tmp_path):
+    rng = np.random.default_rng(0)
+    cls = rng.integers(0, 3, 50)
+    boxes = rng.uniform(0.05, 0.5, (50, 4)).astype(np.float32)
+    _readable(plot_labels(cls, boxes, NAMES, tmp_path / "labels.jpg"))
+    _readable(plot_labels(np.zeros(0, np.int64), np.zeros((0, 4), np.float32), NAMES, tmp_path / "l0.jpg"))
+    _readable(plot_labels(None, None, [], tmp_path / "l1.jpg"))
+
+
+def test_plot_images_draws_boxes(tmp_path):
+    imgs = torch.full((3, 3, 64, 96), 128, dtype=torch.uint8)
+    targets = torch.tensor([[0, 0, 0.5, 0.5, 0.5, 0.5], [2, 2, 0.3, 0.3, 0.2, 0.4]])
+    img = _readable(plot_images(imgs, targets, ["a/x.jpg", "b/y.jpg", "c/z.jpg"], NAMES, tmp_path / "tb0.jpg"))
+    assert img.shape[1] > 2 * 96  # a 2x2 mosaic
+    plain = _readable(plot_images(imgs, torch.zeros(0, 6), None, NAMES, tmp_path / "tb_empty.jpg"))
+    assert np.abs(img.astype(int) - plain.astype(int)).sum() > 0  # boxes/labels were drawn
+    with_conf = torch.tensor([[0, 1, 0.5, 0.5, 0.3, 0.3, 0.9], [1, 1, 0.5, 0.5, 0.3, 0.3, 0.1]])
+    _readable(plot_images(imgs.numpy(), with_conf, None, NAMES, tmp_path / "pred.jpg"))
+    _readable(plot_images(torch.zeros(0, 3, 64, 64, dtype=torch.uint8), None, [], NAMES, tmp_path / "none.jpg"))
+
+
+def test_plot_images_large_batch_is_bounded(tmp_path):
+    imgs = torch.zeros(16, 3, 640, 640, dtype=torch.uint8)
+    img = _readable(plot_images(imgs, None, None, NAMES, tmp_path / "big.jpg"))
+    assert max(img.shape[:2]) <= 1920 + 16
+
+
+def test_plot_pseudo_batch_two_styles(tmp_path):
+    weak = torch.full((2, 3, 96, 96), 200, dtype=torch.uint8)
+    strong = torch.full((2, 3, 96, 96), 200, dtype=torch.uint8)
+    dets = [torch.tensor([[10.0, 10, 50, 50, 0.9, 0, 0.95], [60, 60, 90, 90, 0.3, 1, 0.5]]), torch.zeros(0, 7)]
+    targets = torch.tensor([[0, 0, 0.3, 0.3, 0.4, 0.4, 1, 1, -1], [0, 1, 0.8, 0.8, 0.3, 0.3, 0, 0, 0.5]])
+    img = _readable(plot_pseudo_batch(weak, strong, dets, targets, NAMES, tmp_path / "pb0.jpg", 0.6))
+    assert img.shape[0] > 96 and img.shape[1] > 2 * 96
+    tau = np.array([0.5, 0.2, 0.5])  # per-class tau2: the second box becomes reliable
+    _readable(plot_pseudo_batch(weak, strong, dets, targets, NAMES, tmp_path / "pb1.jpg", tau))
+    _readable(plot_pseudo_batch(weak, strong, [torch.zeros(0, 7)] * 2, torch.zeros(0, 9), NAMES,
+                                tmp_path / "pb_empty.jpg", 0.6))
+    _readable(plot_pseudo_batch(None, None, [], None, NAMES, tmp_path / "pb_none.jpg", 0.6))
+
+
+def test_dashed_and_solid_differ(tmp_path):
+    """The same box drawn reliable vs uncertain gives different pixels (two visible styles)."""
+    weak = torch.full((1, 3, 96, 96), 255, dtype=torch.uint8)
+    box = [[20.0, 20, 70, 70, 0.5, 0, 0.9]]
+    a = cv2.imread(str(plot_pseudo_batch(weak, weak, [torch.tensor(box)], None, NAMES, tmp_path / "a.png", 0.4)))
+    b = cv2.imread(str(plot_pseudo_batch(weak, weak, [torch.tensor(box)], None, NAMES, tmp_path / "b.png", 0.6)))
+    dark_a = (a < 200).any(-1).sum()
+    dark_b = (b < 200).any(-1).sum()
+    assert dark_a > dark_b > 0  # solid+label covers more pixels than dashed thin
+
+
+def test_plot_pr_curve(tmp_path):
+    px = np.linspace(0, 1, 1000)
+    py = np.stack([1 - px, np.ones_like(px) * 0.5, np.sqrt(1 - px)])
+    _readable(plot_pr_curve(px, py, np.array([0.5, 0.5, 0.6]), NAMES, tmp_path / "PR_curve.png"))
+    _readable(plot_pr_curve(px, np.zeros((0, 1000)), np.zeros(0), NAMES, tmp_path / "PR_empty.png"))
+    many = np.tile(py, (10, 1))
+    _readable(plot_pr_curve(px, many, np.full(30, 0.4), [str(i) for i in range(30)], tmp_path / "PR_many.png"))
+
+
+def test_plot_confusion_matrix(tmp_path):
+    m = np.array([[5, 1, 0, 1], [0, 3, 0, 0], [0, 0, 2, 2], [1, 0, 1, 0]], dtype=np.float64)
+    _readable(plot_confusion_matrix(m, NAMES, tmp_path / "confusion_matrix.png"))
+    _readable(plot_confusion_matrix(m, NAMES, tmp_path / "cm_counts.png", normalize=False))
+    _readable(plot_confusion_matrix(np.zeros((0, 0)), [], tmp_path / "cm_empty.png"))
+    _readable(plot_confusion_matrix(np.zeros((4, 4)), NAMES, tmp_path / "cm_zeros.png"))
