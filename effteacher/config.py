@@ -39,7 +39,6 @@ class AugmentConfig:
     noise: float = 0.1  # probability of gaussian noise on the strong view
     color_jitter: float = 0.8  # probability of colour jitter on the strong view
     weak_fliplr: float = 0.5  # flip probability of the weak (teacher) view
-    cross_domain: float = 0.0  # probability of Instant-Teaching mosaic/mixup across L and U
 
 
 @dataclass(frozen=True)

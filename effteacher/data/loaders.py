@@ -1,0 +1,406 @@
+"""Datasets and data loaders: labeled (train/val) and unlabeled (weak + strong views), reproducible.
+
+Reproducibility: every item's random Generator is derived from (seed, epoch, index), and the
+epoch (and the mosaic switch) travel with each index through the sampler, so results do not
+depend on the number of workers, and persistent workers see epoch changes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from effteacher.config import AugmentConfig
+from effteacher.data.augment import (
+    labeled_view,
+    letterbox,
+    load_resized,
+    mixup,
+    mosaic4,
+    photometric_and_flips,
+    strong_view,
+    weak_view,
+)
+from effteacher.data.records import ImageRecord
+from effteacher.utils.boxes import clip_boxes, transform_boxes, xywhn2xyxy, xyxy2xywhn
+
+Shapes = tuple[tuple[int, int], tuple[tuple[float, float], tuple[float, float]]]
+
+
+def _to_chw(img: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) uint8 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+
+
+def _labels(cls: np.ndarray, boxes_xyxy: np.ndarray, hw: tuple[int, int]) -> torch.Tensor:
+    """(n,) classes + (n, 4) xyxy px in an image of ``hw`` -> (n, 6) [0, cls, cx, cy, w, h] norm."""
+    n = len(cls)
+    out = np.zeros((n, 6), dtype=np.float32)
+    if n:
+        out[:, 1] = cls
+        out[:, 2:] = xyxy2xywhn(np.asarray(boxes_xyxy, dtype=np.float32), hw[1], hw[0])
+    return torch.from_numpy(out)
+
+
+def _cat_targets(labels: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack per-image (n_i, 6) labels into (N, 6) with column 0 = image index in the batch."""
+    for i, lb in enumerate(labels):
+        lb[:, 0] = i
+    return torch.cat(list(labels), 0) if labels else torch.zeros((0, 6))
+
+
+class _ImageStore(Dataset):
+    """Records + image loading (long side = imgsz) with an optional RAM cache of resized images."""
+
+    def __init__(
+        self, records: Sequence[ImageRecord], imgsz: int, cache: bool, seed: int, fast_resize: bool
+    ) -> None:
+        self.records = list(records)
+        self.fast_resize = fast_resize  # bilinear instead of area resize (augmented views)
+        self.imgsz = int(imgsz)
+        self.seed = int(seed)
+        self.epoch = 0
+        self._cache: list[tuple[np.ndarray, tuple[int, int], tuple[int, int]]] | None = None
+        if cache:
+            with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+                self._cache = list(pool.map(lambda r: load_resized(r.path, self.imgsz, fast_resize), self.records))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch used by direct indexing ``ds[i]`` (loaders pass the epoch with each index)."""
+        self.epoch = int(epoch)
+
+    def key(self, index: int, epoch: int) -> tuple[int, int, bool]:
+        """What a sampler yields for ``index``: (index, epoch, mosaic enabled)."""
+        return (int(index), int(epoch), bool(getattr(self, "mosaic", False)))
+
+    def _unkey(self, item: int | tuple[int, int, bool]) -> tuple[int, int, bool]:
+        if isinstance(item, (tuple, list)):
+            return int(item[0]), int(item[1]), bool(item[2])
+        return self.key(int(item), self.epoch)
+
+    def _rng(self, index: int, epoch: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, epoch, index])
+
+    def load(self, index: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+        """(img RGB (h, w, 3), (h0, w0), (h, w)); resized so the long side is imgsz."""
+        if self._cache is not None:
+            return self._cache[index]
+        return load_resized(self.records[index].path, self.imgsz, self.fast_resize)
+
+
+def rect_batch_shapes(
+    shapes_hw: np.ndarray, imgsz: int, batch_size: int, stride: int = 32, pad: float = 0.0
+) -> np.ndarray:
+    """Per-batch (h, w) letterbox shapes for images already sorted by aspect ratio h/w.
+
+    Each batch gets the smallest stride-multiple rectangle that holds every image of the batch
+    resized to long side ``imgsz``. shapes_hw: (n, 2). Returns (n_batches, 2) int.
+    """
+    ar = shapes_hw[:, 0] / shapes_hw[:, 1]
+    nb = math.ceil(len(ar) / batch_size)
+    rel = np.ones((nb, 2))
+    for b in range(nb):  # one step per batch, not per box
+        a = ar[b * batch_size : (b + 1) * batch_size]
+        if a.max() < 1:
+            rel[b] = (a.max(), 1.0)
+        elif a.min() > 1:
+            rel[b] = (1.0, 1.0 / a.min())
+    return (np.ceil(rel * imgsz / stride + pad) * stride).astype(np.int64)
+
+
+class LabeledDataset(_ImageStore):
+    """Labeled images: augmented train view (mosaic, mixup, affine, HSV, flips) or letterboxed val view.
+
+    ``augment=False, rect=True`` is the validation mode: records are SORTED by aspect ratio
+    (``self.records`` is the new order) and each batch of ``batch_size`` shares a stride-multiple
+    rectangle; iterate without shuffling, with the same batch size.
+    __getitem__ -> (img uint8 (3, H, W), labels (n, 6) [0, cls, cx, cy, w, h] norm, path, shapes)
+    shapes = ((h0, w0), ((ratio_h, ratio_w), (pad_w, pad_h))) for scale_boxes; None for augmented
+    images (their geometry is random, there is nothing to undo).
+    """
+
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        imgsz: int,
+        aug: AugmentConfig | None,
+        augment: bool,
+        rect: bool = False,
+        batch_size: int = 16,
+        stride: int = 32,
+        cache: bool = False,
+        seed: int = 0,
+        pad: float = 0.0,  # extra stride fraction of rect batch shapes (YOLOv5 val uses 0.5)
+    ) -> None:
+        records = list(records)
+        if rect:
+            ar = np.array([r.shape[0] / r.shape[1] for r in records], dtype=np.float64)
+            records = [records[i] for i in np.argsort(ar, kind="stable")]
+        super().__init__(records, imgsz, cache, seed, fast_resize=augment)
+        self.aug = aug or AugmentConfig()
+        self.augment = bool(augment)
+        self.rect = bool(rect)
+        self.batch_size = int(batch_size)
+        self.stride = int(stride)
+        self.mosaic = self.augment and not self.rect and self.aug.mosaic > 0
+        self.batch_shapes: np.ndarray | None = None
+        if rect and records:
+            hw = np.array([r.shape for r in records], dtype=np.float64)
+            self.batch_shapes = rect_batch_shapes(hw, self.imgsz, self.batch_size, self.stride, pad)
+
+    def set_mosaic(self, enabled: bool) -> None:
+        """Turn mosaic (and mixup) on or off, e.g. for the last ``close_mosaic`` epochs."""
+        self.mosaic = bool(enabled) and self.augment and not self.rect and self.aug.mosaic > 0
+
+    def _boxes_px(self, index: int, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        rec = self.records[index]
+        boxes = xywhn2xyxy(np.asarray(rec.boxes, dtype=np.float32).reshape(-1, 4), hw[1], hw[0])
+        return boxes, np.asarray(rec.cls, dtype=np.int64).reshape(-1)
+
+    def _mosaic(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        idx = [index, *rng.integers(0, len(self), 3).tolist()]
+        imgs, boxes, classes = [], [], []
+        for i in idx:
+            img, _, hw = self.load(i)
+            b, c = self._boxes_px(i, hw)
+            imgs.append(img)
+            boxes.append(b)
+            classes.append(c)
+        return mosaic4(imgs, boxes, classes, self.imgsz, rng, self.aug)
+
+    def out_shape(self, index: int) -> tuple[int, int]:
+        """(h, w) of the image this dataset returns for ``index`` (before any mosaic)."""
+        if self.batch_shapes is not None:
+            h, w = self.batch_shapes[index // self.batch_size]
+            return int(h), int(w)
+        return self.imgsz, self.imgsz
+
+    def __getitem__(self, item: int | tuple[int, int, bool]) -> tuple[torch.Tensor, torch.Tensor, str, Shapes | None]:
+        index, epoch, mosaic = self._unkey(item)
+        path = self.records[index].path
+        if not self.augment:
+            img, (h0, w0), (h, w) = self.load(index)
+            out, ratio, pad = letterbox(img, self.out_shape(index), auto=False, scaleup=False)
+            boxes = xywhn2xyxy(
+                np.asarray(self.records[index].boxes, dtype=np.float32).reshape(-1, 4),
+                w * ratio[1], h * ratio[0], pad[0], pad[1],
+            )
+            cls = np.asarray(self.records[index].cls, dtype=np.int64).reshape(-1)
+            shapes = ((h0, w0), ((h / h0 * ratio[0], w / w0 * ratio[1]), pad))
+            return _to_chw(out), _labels(cls, boxes, out.shape[:2]), path, shapes
+        rng = self._rng(index, epoch)
+        if mosaic and rng.random() < self.aug.mosaic:
+            out, boxes, cls = self._mosaic(index, rng)
+            if rng.random() < self.aug.mixup:
+                out2, boxes2, cls2 = self._mosaic(int(rng.integers(0, len(self))), rng)
+                out, boxes, cls = mixup(out, boxes, cls, out2, boxes2, cls2, rng)
+            out, boxes = photometric_and_flips(out, boxes, rng, self.aug)
+        else:
+            img, _, hw = self.load(index)
+            boxes, cls = self._boxes_px(index, hw)
+            out, boxes, cls = labeled_view(img, boxes, cls, self.out_shape(index), rng, self.aug)
+        return _to_chw(out), _labels(cls, boxes, out.shape[:2]), path, None
+
+    @staticmethod
+    def collate_fn(batch: Sequence[tuple]) -> tuple[torch.Tensor, torch.Tensor, tuple, tuple]:
+        """-> (imgs uint8 (B, 3, H, W), targets (N, 6) [img_idx, cls, cx, cy, w, h], paths, shapes)."""
+        imgs, labels, paths, shapes = zip(*batch)
+        return torch.stack(imgs, 0), _cat_targets(labels), tuple(paths), tuple(shapes)
+
+
+class UnlabeledDataset(_ImageStore):
+    """Unlabeled images as (weak, strong) view pairs and the exact weak -> strong pixel transform.
+
+    __getitem__ -> (weak uint8 (3, S, S), strong uint8 (3, S, S), M (3, 3) float32, path, hidden (n, 6))
+    M maps weak-view pixel coords (x, y, 1) to strong-view pixel coords. ``hidden`` are the
+    record's labels mapped into the weak view (norm), for REPORTING pseudo-label quality only;
+    the views are made without them.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        imgsz: int,
+        aug: AugmentConfig,
+        seed: int = 0,
+        cache: bool = False,
+    ) -> None:
+        super().__init__(records, imgsz, cache, seed, fast_resize=True)
+        self.aug = aug
+
+    def __getitem__(
+        self, item: int | tuple[int, int, bool]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str, torch.Tensor]:
+        index, epoch, _ = self._unkey(item)
+        rng = self._rng(index, epoch)
+        img, _, (h, w) = self.load(index)
+        weak, m_weak = weak_view(img, rng, self.imgsz, self.aug)
+        strong, m = strong_view(weak, rng, self.aug)
+        rec = self.records[index]  # read only after the views are made: reporting only
+        s = weak.shape[:2]
+        hidden = clip_boxes(
+            transform_boxes(xywhn2xyxy(np.asarray(rec.boxes, dtype=np.float64).reshape(-1, 4), w, h), m_weak), s
+        )
+        labels = _labels(np.asarray(rec.cls).reshape(-1), hidden, s)
+        return _to_chw(weak), _to_chw(strong), torch.from_numpy(m.astype(np.float32)), rec.path, labels
+
+    @staticmethod
+    def collate_fn(batch: Sequence[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple, torch.Tensor]:
+        """-> (weak (B, 3, S, S), strong (B, 3, S, S), M (B, 3, 3), paths, hidden (N, 6))."""
+        weak, strong, m, paths, hidden = zip(*batch)
+        return torch.stack(weak, 0), torch.stack(strong, 0), torch.stack(m, 0), tuple(paths), _cat_targets(hidden)
+
+
+class KeyedSampler(Sampler):
+    """Yields ``dataset.key(index, epoch)`` in (optionally shuffled or distributed) index order.
+
+    The order depends only on (seed, epoch) (and rank/world size through ``base``). ``skip(n)``
+    drops the first n items of the next pass only: exact resume without loading skipped data.
+    """
+
+    def __init__(self, dataset: _ImageStore, shuffle: bool, seed: int, base: Sampler | None = None) -> None:
+        self.dataset = dataset
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.base = base
+        self.epoch = 0
+        self._skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if self.base is not None and hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+    def skip(self, n: int) -> None:
+        self._skip = int(n)
+
+    def __len__(self) -> int:
+        return len(self.base) if self.base is not None else len(self.dataset)
+
+    def __iter__(self) -> Iterator[tuple[int, int, bool]]:
+        epoch, skip = self.epoch, self._skip
+        self._skip = 0
+        if self.base is not None:
+            order = list(iter(self.base))
+        elif self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            order = torch.randperm(len(self.dataset), generator=g).tolist()
+        else:
+            order = list(range(len(self.dataset)))
+        for i in order[skip:]:
+            yield self.dataset.key(i, epoch)
+
+
+def _worker_init(worker_id: int) -> None:
+    """Keep each worker single-threaded: workers already run in parallel."""
+    cv2.setNumThreads(0)
+    torch.set_num_threads(1)
+
+
+def build_loader(
+    dataset: _ImageStore,
+    batch_size: int,
+    workers: int,
+    shuffle: bool,
+    seed: int,
+    rank: int = -1,
+    world_size: int = 1,
+    pin_memory: bool | None = None,
+    drop_last: bool = False,
+) -> DataLoader:
+    """DataLoader over a LabeledDataset/UnlabeledDataset with its collate_fn, reproducible order.
+
+    Under DDP (rank >= 0, world_size > 1) a DistributedSampler splits the data. Call
+    ``loader.sampler.set_epoch(epoch)`` (or use InfiniteLoader) to re-shuffle and re-draw
+    augmentations each epoch. pin_memory defaults to ``torch.cuda.is_available()``.
+    """
+    if getattr(dataset, "rect", False) and shuffle:
+        raise ValueError("a rect (validation) dataset must not be shuffled: its batches share shapes")
+    base = None
+    if world_size > 1 and rank >= 0:
+        base = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
+    sampler = KeyedSampler(dataset, shuffle, seed, base)
+    workers = max(0, int(workers))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=dataset.collate_fn,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        drop_last=drop_last,
+        persistent_workers=workers > 0,
+        worker_init_fn=_worker_init if workers > 0 else None,
+    )
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
+    """Set the epoch of a loader's sampler (shuffle order and augmentation draws)."""
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+
+
+class InfiniteLoader:
+    """Endless iterator over a loader; each pass advances the epoch (new order and augmentations).
+
+    ``state_dict()`` -> {"epoch", "index"} (batches already taken in that epoch);
+    ``load_state_dict`` resumes exactly there, skipping consumed batches without loading them
+    when the loader came from ``build_loader``.
+    """
+
+    def __init__(self, loader: DataLoader, epoch: int = 0) -> None:
+        self.loader = loader
+        self.epoch = int(epoch)
+        self.index = 0
+        self._it: Iterator[Any] | None = None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> InfiniteLoader:
+        return self
+
+    def _start(self) -> None:
+        set_loader_epoch(self.loader, self.epoch)
+        sampler = self.loader.sampler
+        if self.index and hasattr(sampler, "skip"):
+            sampler.skip(self.index * (self.loader.batch_size or 1))
+            self._it = iter(self.loader)
+        else:
+            self._it = iter(self.loader)
+            for _ in range(self.index):
+                next(self._it, None)
+
+    def __next__(self) -> Any:
+        for _ in range(2):
+            if self._it is None:
+                self._start()
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                self._it = None
+                self.epoch += 1
+                self.index = 0
+                continue
+            self.index += 1
+            return batch
+        raise RuntimeError("InfiniteLoader: the loader yields no batches (is the dataset empty?)")
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch = int(state["epoch"])
+        self.index = int(state["index"])
+        self._it = None
