@@ -1,0 +1,199 @@
+"""Losses: IoU variants by hand, YOLOv5 assignment on placed boxes, masks and soft/hard objectness, overfit."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from effteacher.config import LossConfig
+from effteacher.losses.assign import assign_targets
+from effteacher.losses.detection import DetectionLoss, bce_focal, priority_objectness
+from effteacher.losses.iou import bbox_iou
+from effteacher.models.build import build_model
+
+
+def xyxy(*v: float) -> torch.Tensor:
+    return torch.tensor([v], dtype=torch.float64)
+
+
+def test_identical_boxes_score_one() -> None:
+    b = torch.tensor([[5.0, 5.0, 2.0, 3.0]], dtype=torch.float64)
+    for kw in ({}, {"GIoU": True}, {"DIoU": True}, {"CIoU": True}):
+        assert bbox_iou(b, b, **kw).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_giou_disjoint_hand_value() -> None:
+    # IoU 0, union 2, enclosing box 3x1 -> GIoU = 0 - (3 - 2) / 3
+    g = bbox_iou(xyxy(0, 0, 1, 1), xyxy(2, 0, 3, 1), xywh=False, GIoU=True)
+    assert g.item() == pytest.approx(-1 / 3, abs=1e-6)
+    assert bbox_iou(xyxy(0, 0, 1, 1), xyxy(2, 0, 3, 1), xywh=False).item() == pytest.approx(0.0, abs=1e-9)
+
+
+def test_ciou_hand_value() -> None:
+    # box1 2x2 at (1, 1); box2 2x1 at (2, 0.5): inter 1, union 5, enclosing 3x2, rho^2 = 1.25
+    iou = 0.2
+    v = 4 / math.pi**2 * (math.atan(2 / 1) - math.atan(2 / 2)) ** 2
+    alpha = v / (1 - iou + v)
+    expected = iou - 1.25 / 13 - alpha * v
+    c = bbox_iou(xyxy(0, 0, 2, 2), xyxy(1, 0, 3, 1), xywh=False, CIoU=True)
+    assert c.item() == pytest.approx(expected, abs=1e-6)
+    # xywh input gives the same
+    c2 = bbox_iou(torch.tensor([[1.0, 1, 2, 2]]), torch.tensor([[2.0, 0.5, 2, 1]]), CIoU=True)
+    assert c2.item() == pytest.approx(expected, abs=1e-5)
+    d = bbox_iou(xyxy(0, 0, 2, 2), xyxy(1, 0, 3, 1), xywh=False, DIoU=True)
+    assert d.item() == pytest.approx(iou - 1.25 / 13, abs=1e-6)
+
+
+def cells(lt) -> set[tuple[int, int, int]]:
+    return {(int(a), int(j), int(i)) for a, j, i in zip(lt.a, lt.gj, lt.gi)}
+
+
+def test_assignment_ratio_and_neighbours() -> None:
+    anchors = torch.tensor([[[1.0, 1.0], [2.0, 2.0], [8.0, 8.0]]])  # cells, one level 8x8
+    # centre (2.4, 5.6) cells, size 1.5 cells: anchors 0 and 1 match (ratios 1.5, 1.33), 2 does not (5.3)
+    t = torch.tensor([[0, 1, 2.4 / 8, 5.6 / 8, 1.5 / 8, 1.5 / 8]])
+    (lt,) = assign_targets(t, anchors, [(8, 8)])
+    # centre cell (5, 2), left neighbour (x frac 0.4 < 0.5) and lower neighbour (y frac 0.6)
+    assert cells(lt) == {(a, j, i) for a in (0, 1) for j, i in ((5, 2), (5, 1), (6, 2))}
+    assert len(lt.a) == 6 and torch.all(lt.rows == 0) and torch.all(lt.b == 0)
+    left = (lt.gi == 1) & (lt.a == 0)
+    torch.testing.assert_close(lt.tbox[left][0], torch.tensor([1.4, 0.6, 1.5, 1.5]))
+    torch.testing.assert_close(lt.anchors[lt.a == 1][0], torch.tensor([2.0, 2.0]))
+
+
+def test_assignment_border_and_multiple_levels() -> None:
+    anchors = torch.tensor([[[1.0, 1.0]] * 3, [[4.0, 4.0]] * 3])
+    # centre x at 0.6 cells (no left neighbour: x <= 1, takes the right one), y frac .2 -> upper
+    t = torch.tensor([[1, 0, 0.6 / 4, 2.2 / 4, 1.0 / 4, 1.0 / 4], [0, 0, 0.5, 0.5, 0.05, 0.05]])
+    l0, l1 = assign_targets(t, anchors, [(4, 4), (2, 2)])
+    first = l0.rows == 0
+    assert {(int(j), int(i)) for j, i in zip(l0.gj[first], l0.gi[first])} == {(2, 0), (2, 1), (1, 0)}
+    assert torch.all(l0.b[first] == 1)
+    # target 1 is 0.2 cells at level 0 (ratio 5 vs anchor 1): unmatched. At level 1 (2x2) the sizes
+    # are 0.1 and 0.5 cells against anchor 4 (ratios 40 and 8): nothing matches there.
+    assert not torch.any(l0.rows == 1) and l1.rows.numel() == 0
+
+
+def fake_model(nc: int) -> SimpleNamespace:
+    return SimpleNamespace(
+        nc=nc, nl=3, na=3, stride=torch.tensor([8.0, 16.0, 32.0]),
+        anchors=torch.tensor([[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]],
+                             dtype=torch.float32).view(3, 3, 2),
+    )
+
+
+def raw_for(nc: int, bs: int = 2, size: int = 64, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(bs, 3, size // s, size // s, 5 + nc, generator=g, requires_grad=True) for s in (8, 16, 32)]
+
+
+def test_gains_scale_like_yolov5() -> None:
+    loss = DetectionLoss(fake_model(40), LossConfig(), imgsz=320)
+    assert loss.gain_box == pytest.approx(0.05)
+    assert loss.gain_obj == pytest.approx(0.25)
+    assert loss.gain_cls == pytest.approx(0.25)
+    over = DetectionLoss(fake_model(40), LossConfig(), imgsz=640, gains=(0.05, 0.7, 0.3))
+    assert (over.gain_obj, over.gain_cls) == pytest.approx((0.7, 0.15))
+
+
+def test_six_and_nine_columns_agree_and_batch_scaling() -> None:
+    loss = DetectionLoss(fake_model(3), LossConfig(), imgsz=64)
+    t6 = torch.tensor([[0, 1, 0.4, 0.5, 0.3, 0.4], [1, 2, 0.6, 0.3, 0.2, 0.1]])
+    t9 = torch.cat([t6, torch.tensor([[1.0, 1.0, -1.0]] * 2)], 1)
+    raw = raw_for(3)
+    a, pa = loss(raw, t6)
+    b, pb = loss(raw, t9)
+    torch.testing.assert_close(a, b)
+    assert a.item() == pytest.approx(2 * sum(v.item() for v in pa.values()), rel=1e-5)
+    assert all(v.item() > 0 for v in pa.values()) and not any(v.requires_grad for v in pa.values())
+
+
+def test_masks_remove_terms() -> None:
+    loss = DetectionLoss(fake_model(3), LossConfig(), imgsz=64)
+    t = torch.tensor([[0, 1, 0.4, 0.5, 0.3, 0.4, 0.0, 0.0, -1.0]])
+    raw = raw_for(3)
+    total, parts = loss(raw, t)
+    assert parts["cls"].item() == 0.0 and parts["box"].item() == 0.0 and parts["obj"].item() > 0
+    total.backward()
+    assert all(torch.all(r.grad[..., 5:] == 0) for r in raw)  # no class gradient anywhere
+    assert all(torch.all(r.grad[..., :4] == 0) for r in raw)  # no box gradient anywhere
+    # nc == 1: the class term is skipped
+    _, p1 = DetectionLoss(fake_model(1), LossConfig(), imgsz=64)(raw_for(1), t[:, :6])
+    assert p1["cls"].item() == 0.0
+    # no targets at all: finite loss from objectness only
+    l0, p0 = loss(raw_for(3), torch.zeros(0, 9))
+    assert torch.isfinite(l0) and p0["box"].item() == 0.0
+
+
+def test_soft_obj_target_in_map() -> None:
+    cfg = LossConfig()
+    model = fake_model(3)
+    loss = DetectionLoss(model, cfg, imgsz=64)
+    t = torch.tensor([[1, 0, 0.45, 0.55, 0.3, 0.3, 0.0, 0.0, 0.55]])
+    raw = raw_for(3)
+    _, parts = loss(raw, t)
+    anchors = model.anchors / model.stride.view(-1, 1, 1)
+    assigned = assign_targets(t, anchors, [(r.shape[2], r.shape[3]) for r in raw])
+    expected = 0.0
+    for i, (r, lt) in enumerate(zip(raw, assigned)):
+        tobj = torch.zeros(r.shape[:4])
+        tobj[lt.b, lt.a, lt.gj, lt.gi] = 0.55
+        expected += F.binary_cross_entropy_with_logits(r[..., 4].detach(), tobj).item() * cfg.balance[i]
+    assert sum(lt.b.numel() for lt in assigned) > 0
+    assert parts["obj"].item() == pytest.approx(expected * loss.gain_obj, rel=1e-5)
+
+
+def test_priority_hard_beats_soft_then_larger() -> None:
+    shape = (1, 1, 2, 2)
+    idx = torch.tensor([0, 0, 1, 1, 2, 2, 3])
+    value = torch.tensor([0.9, 0.3, 0.2, 0.7, 0.4, 0.6, 0.55])
+    hard = torch.tensor([False, True, False, False, True, True, False])
+    m = priority_objectness(shape, idx, value, hard)
+    # cell 0: soft 0.9 vs hard 0.3 -> hard; cell 1: two soft -> 0.7; cell 2: two hard -> 0.6; cell 3 soft 0.55
+    torch.testing.assert_close(m.view(-1), torch.tensor([0.3, 0.7, 0.6, 0.55]))
+    # the order of the inputs does not matter
+    p = torch.randperm(7, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(priority_objectness(shape, idx[p], value[p], hard[p]), m)
+
+
+def test_focal_hand_value() -> None:
+    x, y = torch.tensor([0.0]), torch.tensor([1.0])
+    assert bce_focal(x, y).item() == pytest.approx(math.log(2))
+    assert bce_focal(x, y, gamma=2.0, alpha=0.25).item() == pytest.approx(0.25 * 0.25 * math.log(2))
+
+
+def test_giou_and_focal_options_run() -> None:
+    cfg = LossConfig(iou_type="giou", focal_gamma=2.0)
+    t = torch.tensor([[0, 1, 0.4, 0.5, 0.3, 0.4]])
+    total, parts = DetectionLoss(fake_model(3), cfg, imgsz=64)(raw_for(3), t)
+    assert torch.isfinite(total) and parts["box"].item() > 0
+
+
+def test_overfit_two_tiny_images() -> None:
+    torch.manual_seed(0)
+    model = build_model("n", 2)
+    model.train()
+    imgs = torch.rand(2, 3, 64, 64) * 0.2
+    imgs[0, :, 16:40, 8:32] = 0.9  # bright square, class 0
+    imgs[1, 0, 30:60, 20:50] = 1.0  # red square, class 1
+    imgs[1, 1:, 4:20, 40:60] = 0.8
+    targets = torch.tensor([
+        [0, 0, 20 / 64, 28 / 64, 24 / 64, 24 / 64],
+        [1, 1, 35 / 64, 45 / 64, 30 / 64, 30 / 64],
+        [1, 0, 50 / 64, 12 / 64, 20 / 64, 16 / 64],
+    ])
+    loss_fn = DetectionLoss(model, LossConfig(), imgsz=64)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    first = last = None
+    for step in range(60):
+        loss, _ = loss_fn(model(imgs), targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = loss.item() if first is None else first
+        last = loss.item()
+    assert last < 0.5 * first
