@@ -49,43 +49,43 @@ def _root(
 @app.command()
 def train(
     ctx: typer.Context,
-    data: str = typer.Option("sample", help="Dataset YAML, or 'sample' for the bundled sample dataset."),
-    labeled: str = typer.Option("10%", help="Labeled part of train: '10%', '0.1' or a count '200'."),
-    model: str = typer.Option("n", help="n|s|m|l|x|retina-r18|retina-r50"),
-    epochs: Optional[int] = typer.Option(None, help="Total epochs (burn-in included)."),
-    burn_in: Optional[int] = typer.Option(None, "--burn-in", help="Supervised burn-in epochs before SSOD."),
-    imgsz: Optional[int] = typer.Option(None, help="Train/val image size (pixels)."),
-    batch: Optional[int] = typer.Option(None, help="Total batch size (labeled images per step)."),
-    device: str = typer.Option("cpu", help="cpu, 0, or 0,1,... (several GPUs run DDP)."),
+    data: Optional[str] = typer.Option(None, help="Dataset YAML, or 'sample' (default) for the bundled sample dataset."),
+    labeled: Optional[str] = typer.Option(None, help="Labeled part of train: '10%' (default), '0.1' or a count '200'."),
+    model: Optional[str] = typer.Option(None, help="n (default)|s|m|l|x|retina-r18|retina-r50"),
+    epochs: Optional[int] = typer.Option(None, help="Total epochs, burn-in included."),
+    burn_in: Optional[int] = typer.Option(None, "--burn-in", help="Supervised burn-in epochs (passes over L) before SSOD."),
+    imgsz: Optional[int] = typer.Option(None, help="Train/val image size in pixels (640; 256 for the sample data)."),
+    batch: Optional[int] = typer.Option(None, help="Total labeled batch size (16)."),
+    device: Optional[str] = typer.Option(None, help="cpu (default), 0, or 0,1,... (several GPUs run DDP)."),
     weights: Optional[str] = typer.Option(None, help="Initial weights (an effteacher .pt)."),
-    resume: Optional[str] = typer.Option(
-        None, help="Resume a run: its folder or last.pt ('' or 'last' = newest run).", show_default=False
-    ),
-    supervised: bool = typer.Option(False, "--supervised", help="Supervised baseline on the labeled split only."),
-    seed: int = typer.Option(0, help="Seed of the split and of training."),
-    project: str = typer.Option("runs/train", help="Parent folder of the run."),
-    name: str = typer.Option("exp", help="Run name (incremented unless --exist-ok)."),
-    exist_ok: bool = typer.Option(False, "--exist-ok", help="Reuse an existing run folder."),
-    workers: Optional[int] = typer.Option(None, help="Dataloader workers."),
-    amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA (always off on CPU)."),
-    thresholds: Optional[str] = typer.Option(None, help="Pseudo-label thresholds: adaptor|fixed|gmm."),
-    patience: Optional[int] = typer.Option(None, help="Early-stop patience in epochs."),
+    resume: Optional[str] = typer.Option(None, help="Resume a run: its folder or last.pt ('last' = newest run)."),
+    supervised: Optional[bool] = typer.Option(None, "--supervised", help="Supervised baseline on the labeled split only."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the split and of training (0)."),
+    project: Optional[str] = typer.Option(None, help="Parent folder of the run (runs/train)."),
+    name: Optional[str] = typer.Option(None, help="Run name (exp, incremented unless --exist-ok)."),
+    exist_ok: Optional[bool] = typer.Option(None, "--exist-ok", help="Reuse an existing run folder."),
+    workers: Optional[int] = typer.Option(None, help="Dataloader workers (2)."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision on CUDA (default on; off on CPU)."),
+    thresholds: Optional[str] = typer.Option(None, help="Pseudo-label thresholds: adaptor (default)|fixed|gmm."),
+    patience: Optional[int] = typer.Option(None, help="Early-stop patience in epochs (100)."),
     nproc: int = typer.Option(1, help="Processes for DDP on CPU (gloo), e.g. --device cpu --nproc 2."),
-    cfg: Optional[Path] = typer.Option(None, help="YAML with any TrainConfig keys (args.yaml format)."),
+    cfg: Optional[Path] = typer.Option(None, help="YAML with any TrainConfig keys (the args.yaml format)."),
 ) -> None:
     """Train a detector, semi-supervised by default (supervised with --supervised)."""
 
     def run() -> Any:
-        from effteacher.config import TrainConfig, load_yaml, replace
+        from effteacher.config import defaults_for, load_yaml, replace
         from effteacher.engine.trainer import train as train_fn
 
-        base = load_yaml(cfg) if cfg else TrainConfig()
-        changes: dict[str, Any] = dict(
-            data=data, labeled=labeled, model=model, device=device, weights=weights, resume=resume,
-            supervised=supervised, seed=seed, project=project, name=name, exist_ok=exist_ok, amp=amp,
+        base = load_yaml(cfg) if cfg else defaults_for(data)
+        given = dict(
+            data=data, labeled=labeled, model=model, epochs=epochs, burn_in=burn_in, imgsz=imgsz, batch=batch,
+            device=device, weights=weights, resume=resume, supervised=supervised, seed=seed, project=project,
+            name=name, exist_ok=exist_ok, workers=workers, amp=amp, patience=patience,
         )
-        optional = dict(epochs=epochs, burn_in=burn_in, imgsz=imgsz, batch=batch, workers=workers, patience=patience)
-        changes.update({k: v for k, v in optional.items() if v is not None})
+        changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+        if resume is not None and epochs is None:
+            changes["epochs"] = 0  # 0 = keep the resumed run's own epoch count
         if thresholds is not None:
             changes["ssod.thresholds"] = thresholds
         return train_fn(replace(base, **changes), nproc=nproc)

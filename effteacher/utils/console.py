@@ -19,8 +19,8 @@ def info(msg: str) -> None:
 
 
 def warn(msg: str) -> None:
-    console(stderr=True).print(f"[yellow]WARNING[/yellow] {escape(msg)}", markup=True)
+    console(stderr=True).print(f"[yellow]WARNING[/yellow] {escape(msg)}", markup=True, soft_wrap=True)
 
 
 def error(msg: str) -> None:
-    console(stderr=True).print(f"[red]ERROR[/red] {escape(msg)}", markup=True)
+    console(stderr=True).print(f"[red]ERROR[/red] {escape(msg)}", markup=True, soft_wrap=True)

@@ -1,0 +1,130 @@
+"""Training throughput: engine vs a bare PyTorch loop (n model, CPU), and the SSOD step cost.
+
+Prints one line and records it in RESULTS.md. The engine figure is a real `Trainer` epoch (loader,
+augmentation, loss, optimizer, EMA, progress bar); the bare figure is the same model, loss and
+optimizer on pre-made tensors. FLOP utilisation = training GFLOPs per image (3 x forward) x img/s
+over this machine's measured conv GFLOPS.
+
+    python -m benchmarks.train_speed [--sizes 320 640] [--batch 8] [--steps 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import record
+
+
+def conv_gflops(seconds: float = 3.0) -> float:
+    """Measured dense conv throughput of this machine (a 3x3 conv, 64->64 channels, 160 px, batch 8)."""
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False)
+    x = torch.randn(8, 64, 160, 160)
+    flops = 2 * 64 * 64 * 9 * 160 * 160 * 8
+    with torch.no_grad():
+        conv(x)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            conv(x)
+            n += 1
+    return flops * n / (time.perf_counter() - t0) / 1e9
+
+
+def forward_gflops(model: torch.nn.Module, imgsz: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 3, imgsz, imgsz)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model.eval()(x)
+    model.train()
+    return fc.get_total_flops() / 1e9
+
+
+def bare_loop(trainer, imgsz: int, batch: int, steps: int) -> float:
+    """img/s of forward + loss + backward + SGD step on fixed tensors (no data loading)."""
+    model, loss_fn, opt = trainer.model, trainer.loss_sup, trainer.optimizer
+    x = torch.rand(batch, 3, imgsz, imgsz)
+    t = torch.tensor([[i, i % 10, 0.5, 0.5, 0.2, 0.3] for i in range(batch)], dtype=torch.float32)
+    model.train()
+    for i in range(steps + 1):
+        if i == 1:
+            t0 = time.perf_counter()
+        loss, _ = loss_fn(model(x), t)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return batch * steps / (time.perf_counter() - t0)
+
+
+def make_trainer(data_yaml: Path, imgsz: int, batch: int, supervised: bool, run_dir: Path):
+    from effteacher.config import defaults_for, replace
+    from effteacher.engine.dist import DistContext
+    from effteacher.engine.trainer import Trainer
+
+    cfg = replace(defaults_for("sample"), data=str(data_yaml), imgsz=imgsz, batch=batch, workers=2,
+                  supervised=supervised, labeled="100%" if supervised else "50%", epochs=3, burn_in=1,
+                  project=str(run_dir), name=f"{'sup' if supervised else 'ssod'}{imgsz}", amp=False,
+                  **{"optim.nbs": batch})
+    tr = Trainer(cfg, DistContext.from_env("cpu"))
+    tr.setup()
+    return tr
+
+
+def timed_epoch(fn, epoch: int) -> float:
+    t0 = time.perf_counter()
+    fn(epoch)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[320, 640])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=6)
+    args = ap.parse_args()
+
+    from effteacher.data.sample import SampleConfig, generate
+
+    machine_gflops = conv_gflops()
+    parts, details = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for imgsz in args.sizes:
+            n_img = args.batch * args.steps
+            data = generate(Path(tmp) / f"d{imgsz}", SampleConfig(n_train=n_img, n_val=4, imgsz=imgsz), progress=False)
+            tr = make_trainer(data, imgsz, args.batch, True, Path(tmp) / "runs")
+            timed_epoch(tr._supervised_epoch, 0)  # warm-up: workers, allocator
+            engine = n_img / timed_epoch(tr._supervised_epoch, 1)
+            bare = bare_loop(tr, imgsz, args.batch, args.steps)
+            gf = forward_gflops(tr.model, imgsz)
+            util = gf * 3 * engine / machine_gflops
+            parts.append(f"n@{imgsz}: engine {engine:.2f} img/s, bare {bare:.2f} img/s ({engine / bare:.0%}), "
+                         f"util {util:.0%}")
+            details.append(f"- n @ {imgsz}: {gf:.2f} forward GFLOPs/img; engine {engine:.2f} img/s vs bare loop "
+                           f"{bare:.2f} img/s = {engine / bare:.2f}x; implied {gf * 3 * engine:.1f} GFLOPS of "
+                           f"{machine_gflops:.1f} measured conv GFLOPS ({util:.0%})")
+        # SSOD step cost vs a supervised step with the same labeled batch, at the smallest size.
+        imgsz = min(args.sizes)
+        data = Path(tmp) / f"d{imgsz}" / "sample.yaml"
+        tr = make_trainer(data, imgsz, args.batch, False, Path(tmp) / "runs")
+        timed_epoch(tr._supervised_epoch, 0)
+        sup_step = timed_epoch(tr._supervised_epoch, 0) / len(tr.labeled_loader)
+        tr._hand_over()
+        timed_epoch(tr._ssod_epoch, 1)
+        ssod_step = timed_epoch(tr._ssod_epoch, 2) / len(tr.unlabeled_loader)
+        ratio = ssod_step / sup_step
+        parts.append(f"SSOD step {ratio:.2f}x supervised")
+        details.append(f"- SSOD step at {imgsz} px (batch {args.batch} labeled + {args.batch} unlabeled, teacher "
+                       f"forward, domain discriminator): {ssod_step:.2f} s vs supervised step {sup_step:.2f} s = "
+                       f"{ratio:.2f}x (target <= 2.5x)")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    details.append(f"- peak RSS of the benchmark process: {rss:.0f} MB (loader workers not included)")
+    record("train_speed", "train_speed: " + "; ".join(parts) + f"; peak RSS {rss:.0f} MB", "\n".join(details))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""Checkpoint files: build, save atomically, load safely (weights_only) and rebuild the model."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from effteacher.errors import CheckpointError
+from effteacher.utils.files import atomic_write
+
+FORMAT = "effteacher"
+FORMAT_VERSION = 1
+WHICH = ("teacher", "student", "ema", "model")
+
+
+def _plain(value: Any, where: str) -> Any:
+    """Recursively convert to types that ``torch.load(weights_only=True)`` accepts.
+
+    Tuples become lists, Paths become str, numpy scalars/arrays become python numbers/tensors.
+    Anything else (objects, functions) raises a TypeError naming ``where``.
+    """
+    if value is None:
+        return None
+    for t in (bool, int, float, str):  # exact types: subclasses (TorchVersion, IntEnum) are not loadable
+        if isinstance(value, t):
+            return t(value)
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu").clone()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {_plain(k, f"{where} key"): _plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value), where)
+    raise TypeError(f"checkpoint value {where} has type {type(value).__name__}; only plain types and tensors")
+
+
+def versions() -> dict[str, str]:
+    """Versions of effteacher, torch and python (stored in every checkpoint)."""
+    from effteacher import __version__
+
+    return {"effteacher": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model under DDP / DataParallel wrappers."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+def make_checkpoint(
+    model: nn.Module,
+    names: list[str],
+    imgsz: int,
+    which: str,
+    epoch: int,
+    metrics: dict[str, Any] | None,
+    args: Any,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A checkpoint dict (format per CONTRACTS.md) holding only plain types and CPU tensors.
+
+    model: a Detector (DDP-wrapped is fine) with ``meta()``; names: class names (len == model.nc);
+    which: "teacher" | "student" | "ema" | "model" (which weights ``state_dict`` holds);
+    args: a TrainConfig (dataclass) or its dict; extra: trainer extras (optimizer, scaler, ...).
+    """
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+    model = unwrap(model)
+    meta = dict(model.meta()) if hasattr(model, "meta") else {}
+    nc = meta.get("nc")
+    if nc is not None and len(names) != nc:
+        raise ValueError(f"{len(names)} names for a model with nc={nc}")
+    ckpt: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": _plain({**meta, "names": list(names), "imgsz": int(imgsz)}, "model"),
+        "state_dict": {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()},
+        "which": which,
+        "epoch": int(epoch),
+        "metrics": _plain(dict(metrics or {}), "metrics"),
+        "args": _plain(args if args is not None else {}, "args"),
+        "versions": versions(),
+    }
+    for k, v in (extra or {}).items():
+        if k in ckpt:
+            raise ValueError(f"extra key {k!r} would overwrite a checkpoint field")
+        ckpt[k] = _plain(v, k)
+    return ckpt
+
+
+def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> Path:
+    """Write ``ckpt`` to ``path`` atomically (temp file + fsync + rename); returns the path."""
+    path = Path(path)
+    atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
+    return path
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception message (its type name when empty), at most 120 characters."""
+    lines = str(e).strip().splitlines()
+    line = lines[0] if lines else ""
+    return (line if any(ch.isalpha() for ch in line) else f"{type(e).__name__} {line}".strip())[:120]
+
+
+def _describe_foreign(obj: Any) -> str:
+    """A short guess of what a non-effteacher file holds."""
+    if isinstance(obj, dict):
+        keys = list(obj.keys())
+        if keys and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return f"a plain state_dict ({len(keys)} tensors, e.g. {keys[0]!r})"
+        if "model" in obj and ("train_args" in obj or "ema" in obj or "optimizer" in obj):
+            return "an ultralytics/YOLOv5-style training checkpoint"
+        return f"a dict with keys {sorted(map(str, keys))[:6]}"
+    return f"a {type(obj).__name__}"
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load an effteacher checkpoint with ``torch.load(weights_only=True)``.
+
+    Raises CheckpointError (one clear line naming the file and what to do) for a missing file,
+    a truncated/corrupt file, a file that is not an effteacher checkpoint (ultralytics pickles,
+    plain state_dicts, ...) and a checkpoint from a newer effteacher format.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: weights file not found; check the path (e.g. runs/train/exp/weights/best.pt)")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder; pass a .pt file such as {path}/weights/best.pt")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        hint = ""
+        if "models.yolo" in msg or "ultralytics" in msg or "models.common" in msg:
+            hint = " It looks like an ultralytics/YOLOv5 checkpoint (a pickled model object)."
+        raise CheckpointError(
+            f"{path}: not an effteacher checkpoint: it contains pickled Python objects that cannot be loaded "
+            f"safely.{hint} Train or convert with effteacher, or pass a checkpoint written by `effteacher train`."
+        ) from None
+    except Exception as e:  # noqa: BLE001 - torch.load raises many types (KeyError, EOFError, ...) for junk
+        raise CheckpointError(
+            f"{path}: cannot read weights file (truncated or corrupt: {first_line(e)}); "
+            "use another checkpoint (e.g. weights/last.pt or best.pt) or re-download/re-train it"
+        ) from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: not an effteacher checkpoint (it holds {_describe_foreign(obj)}); "
+            "pass a checkpoint written by `effteacher train` (weights/best.pt or last.pt)"
+        )
+    version = obj.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format_version {version!r} is newer than this effteacher supports "
+            f"({FORMAT_VERSION}); upgrade effteacher (`pip install -U effteacher`)"
+        )
+    for key in ("model", "state_dict"):
+        if key not in obj:
+            raise CheckpointError(f"{path}: effteacher checkpoint without {key!r}; the file is damaged, use another")
+    return obj
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the Detector stored in ``ckpt`` (variant, nc, anchors), load its weights, eval mode."""
+    from effteacher.models.build import build_model
+
+    meta = ckpt["model"]
+    try:
+        model = build_model(meta["variant"], nc=int(meta["nc"]), anchors=meta.get("anchors"))
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(
+            f"checkpoint does not match model {meta.get('variant')!r} nc={meta.get('nc')}: "
+            f"{first_line(e)}; the file may come from another effteacher version"
+        ) from None
+    return model.float().to(device).eval()

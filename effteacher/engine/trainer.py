@@ -1,0 +1,536 @@
+"""The training loop: supervised burn-in, then mean-teacher SSOD; checkpoints, logs, resume."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from effteacher.config import TrainConfig, replace, save_yaml, to_dict
+from effteacher.engine.setup import (
+    check_model_name,
+    ddp_child_argv,
+    find_resume,
+    init_from_weights,
+    is_ddp_child,
+    labeled_box_sizes,
+    load_train_data,
+    resumed_config,
+)
+from effteacher.errors import EffTeacherError
+
+CSV_COLUMNS = [
+    "epoch", "time", "train/box_loss", "train/obj_loss", "train/cls_loss",
+    "unsup/box_loss", "unsup/obj_loss", "unsup/cls_loss", "unsup/da_loss",
+    "pseudo/reliable", "pseudo/uncertain", "pseudo/tau1", "pseudo/tau2", "pseudo/precision", "pseudo/recall",
+    "metrics/precision", "metrics/recall", "metrics/mAP50", "metrics/mAP50-95", "lr",
+]
+
+
+def train(cfg: TrainConfig, nproc: int = 1) -> Path:
+    """Train per ``cfg``; returns the run folder. Several GPUs (or --nproc on CPU) relaunch under DDP."""
+    from effteacher.engine import dist
+    from effteacher.utils.files import increment_path
+
+    check_model_name(cfg.model)
+    world = len(dist.parse_devices(cfg.device)) if cfg.device != "cpu" else nproc
+    if world > 1 and not is_ddp_child():
+        dist.select_device(cfg.device, cfg.batch, nproc=world)  # validate before spawning
+        if cfg.resume is None:
+            run_dir = increment_path(cfg.project, cfg.name, cfg.exist_ok)
+            cfg = replace(cfg, name=run_dir.name, exist_ok=True)
+        else:
+            run_dir = find_resume(cfg.resume, cfg.project).parent.parent
+        launch_cfg = run_dir / "ddp_args.yaml"
+        save_yaml(cfg, launch_cfg)
+        rc = dist.relaunch_ddp(ddp_child_argv(launch_cfg), world)
+        if rc != 0:
+            raise EffTeacherError(f"distributed training failed (exit code {rc}); see the log above")
+        return run_dir
+    trainer = Trainer(cfg, dist.DistContext.from_env(cfg.device))
+    return trainer.fit()
+
+
+class Trainer:
+    """Owns the models, optimizer and loaders of one run; ``fit`` is the whole loop."""
+
+    def __init__(self, cfg: TrainConfig, ctx: Any) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+
+    # ----------------------------------------------------------------------------------- setup
+    def setup(self) -> None:
+        from effteacher.engine import dist
+        from effteacher.engine.checkpoint import load_checkpoint
+        from effteacher.utils.files import increment_path
+
+        cfg, ctx = self.cfg, self.ctx
+        self.device = dist.select_device(cfg.device if ctx.world_size == 1 else self._rank_device(), None)
+        if ctx.world_size > 1:
+            dist.init_distributed(ctx)
+        self.resume_ckpt = None
+        if cfg.resume is not None:
+            path = find_resume(cfg.resume, cfg.project)
+            self.resume_ckpt = load_checkpoint(path)
+            cfg = self.cfg = resumed_config(self.resume_ckpt, cfg, path)
+            self.run_dir = path.parent.parent
+        else:
+            self.run_dir = increment_path(cfg.project, cfg.name, cfg.exist_ok, mkdir=ctx.is_main)
+        self.wdir = self.run_dir / "weights"
+        if ctx.is_main:
+            self.wdir.mkdir(parents=True, exist_ok=True)
+            save_yaml(cfg, self.run_dir / "args.yaml")
+        dist.seed_everything(cfg.seed, ctx.rank)
+        self.data = load_train_data(cfg, self.run_dir, self.resume_ckpt is not None, ctx.is_main)
+        self.ssod = not cfg.supervised
+        self._build_model()
+        self._build_loaders()
+        self._build_optim()
+        if self.resume_ckpt is not None:
+            self._restore(self.resume_ckpt)
+
+    def _rank_device(self) -> str:
+        if self.cfg.device == "cpu":
+            return "cpu"
+        from effteacher.engine import dist
+
+        return str(dist.parse_devices(self.cfg.device)[self.ctx.local_rank])
+
+    def _build_model(self) -> None:
+        from effteacher.losses.detection import DetectionLoss
+        from effteacher.models.anchors import check_anchors
+        from effteacher.models.build import build_model
+        from effteacher.ssod.domain import DomainDiscriminator
+        from effteacher.ssod.teacher import ModelEMA
+
+        cfg, nc = self.cfg, len(self.data.names)
+        model = build_model(cfg.model, nc)
+        if cfg.weights and self.resume_ckpt is None:
+            init_from_weights(model, cfg.weights)
+        if self.resume_ckpt is None:
+            check_anchors(model, labeled_box_sizes(self.data.labeled, cfg.imgsz), cfg.imgsz)
+        self.model = model.to(self.device)
+        self.ema = ModelEMA(self.model, decay=cfg.optim.ema_decay)
+        s = cfg.ssod
+        self.loss_sup = DetectionLoss(self.model, cfg.loss, cfg.imgsz)
+        self.loss_unsup = DetectionLoss(self.model, cfg.loss, cfg.imgsz, gains=(s.unsup_box, s.unsup_obj, s.unsup_cls))
+        self.disc = None
+        if self.ssod and s.domain_adapt:
+            self.disc = DomainDiscriminator(self.model.feature_channels).to(self.device)
+        self.amp = self._check_amp()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.train_model: nn.Module = self.model
+        if self.ctx.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            if self.disc is not None:
+                self.disc = nn.parallel.DistributedDataParallel(self.disc, device_ids=ids)
+
+    def _check_amp(self) -> bool:
+        """AMP on CUDA unless --no-amp; falls back to fp32 if autocast outputs disagree with fp32."""
+        if not self.cfg.amp or self.device.type != "cuda":
+            return False
+        from effteacher.models.head import decode
+        from effteacher.utils.console import warn
+
+        m = self.model.eval()
+        x = torch.rand(2, 3, 128, 128, device=self.device)
+        with torch.no_grad():
+            a = decode(m(x), m.anchors, m.stride)
+            with torch.autocast("cuda"):
+                b = decode(m(x), m.anchors, m.stride).float()
+        m.train()
+        ok = bool(torch.allclose(a[..., :4], b[..., :4], rtol=0.05, atol=0.5))
+        if not ok:
+            warn("AMP self-check failed (fp16 outputs differ from fp32); training in fp32")
+        return ok
+
+    def _build_loaders(self) -> None:
+        from effteacher.data.loaders import InfiniteLoader, LabeledDataset, UnlabeledDataset, build_loader
+        from effteacher.engine.evaluator import Evaluator
+        from effteacher.ssod.thresholds import build_thresholds
+
+        cfg, ctx = self.cfg, self.ctx
+        bs = max(cfg.batch // ctx.world_size, 1)
+        self.labeled_ds = LabeledDataset(self.data.labeled, cfg.imgsz, cfg.aug, augment=True, cache=cfg.cache, seed=cfg.seed)
+        self.labeled_loader = build_loader(self.labeled_ds, bs, cfg.workers, True, cfg.seed, ctx.rank, ctx.world_size)
+        self.labeled_stream = InfiniteLoader(self.labeled_loader, epoch=cfg.burn_in)  # no draws shared with burn-in
+        self.unlabeled_loader = None
+        if self.ssod:
+            self.unlabeled_ds = UnlabeledDataset(self.data.unlabeled, cfg.imgsz, cfg.aug, seed=cfg.seed + 1)
+            ubs = max(bs * cfg.ssod.unlabeled_ratio, 1)
+            self.unlabeled_loader = build_loader(self.unlabeled_ds, ubs, cfg.workers, True, cfg.seed + 1, ctx.rank, ctx.world_size)
+        nc = len(self.data.names)
+        n_c = np.bincount(np.concatenate([r.cls for r in self.data.labeled] + [np.zeros(0, np.int64)]), minlength=nc)
+        self.thresholds = build_thresholds(
+            cfg.ssod.thresholds, nc=nc, tau1=cfg.ssod.tau1, tau2=cfg.ssod.tau2, n_c=torch.as_tensor(n_c),
+            n_labeled=len(self.data.labeled), n_unlabeled=len(self.data.unlabeled), alpha=cfg.ssod.ea_alpha,
+        )
+        self.evaluator = Evaluator(self.data.val, self.data.names, cfg.imgsz, batch=max(bs, 8), workers=cfg.workers,
+                                   device=self.device) if ctx.is_main else None
+
+    def _build_optim(self) -> None:
+        from effteacher.engine.optim import accumulate_steps, build_optimizer, build_scheduler, warmup_iters
+
+        cfg = self.cfg
+        params = nn.ModuleDict({"model": self.model})
+        if self.disc is not None:
+            params["disc"] = self.disc.module if hasattr(self.disc, "module") else self.disc
+        self.accumulate = accumulate_steps(cfg.batch, cfg.optim.nbs)
+        self.optimizer = build_optimizer(params, cfg.optim, cfg.batch)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.epochs)
+        self.start_epoch, self.best_fitness, self.best_epoch, self.iteration = 0, -1.0, -1, 0
+        self._epoch_done = 0
+        nb_burn = len(self.labeled_loader)
+        nb_ssod = len(self.unlabeled_loader) if self.unlabeled_loader is not None else nb_burn
+        burn = min(cfg.burn_in, cfg.epochs) if self.ssod else cfg.epochs
+        total = burn * nb_burn + (cfg.epochs - burn) * nb_ssod
+        self.n_warmup = warmup_iters(cfg.optim, nb_burn, cap=max(total // 4, 1))
+
+    # ------------------------------------------------------------------------------ the loop
+    def fit(self) -> Path:
+        from effteacher.engine.logger import CSVLogger
+        from effteacher.utils.console import info
+
+        self.setup()
+        cfg, ctx = self.cfg, self.ctx
+        csv = CSVLogger(self.run_dir / "results.csv", CSV_COLUMNS) if ctx.is_main else None
+        if csv is not None:
+            csv.truncate(self.start_epoch)  # drops rows past last.pt (and an old run's rows with --exist-ok)
+        if ctx.is_main and self.start_epoch == 0:
+            self._plot_labels()
+        for epoch in range(self.start_epoch, cfg.epochs):
+            t0 = time.time()
+            ssod_epoch = self.ssod and epoch >= cfg.burn_in
+            if ssod_epoch and epoch == cfg.burn_in:
+                self._hand_over()
+            if cfg.aug.close_mosaic and epoch >= cfg.epochs - cfg.aug.close_mosaic:
+                self.labeled_ds.set_mosaic(False)
+            means = self._ssod_epoch(epoch) if ssod_epoch else self._supervised_epoch(epoch)
+            self.scheduler.step()
+            if ssod_epoch:
+                means.update(self._end_threshold_epoch())
+            stop = False
+            if ctx.is_main:
+                stop = self._end_epoch(epoch, means, time.time() - t0, csv, ssod_epoch)
+            if self._broadcast_stop(stop):
+                break
+        if ctx.is_main:
+            self._finish()
+            info(f"Results saved to [bold]{self.run_dir}[/bold]; best weights: {self.wdir / 'best.pt'}")
+        self._cleanup()
+        return self.run_dir
+
+    def _supervised_epoch(self, epoch: int) -> dict[str, float]:
+        from effteacher.engine.logger import TrainProgress
+
+        _set_loader_epoch(self.labeled_loader, epoch)
+        nb = len(self.labeled_loader)
+        prog = TrainProgress(epoch, self.cfg.epochs, nb, enabled=self.ctx.is_main)
+        sums: dict[str, float] = {}
+        for i, (imgs, targets, paths, _) in enumerate(self.labeled_loader):
+            x, targets = self._to_input(imgs), targets.to(self.device)
+            with torch.autocast(self.device.type, enabled=self.amp):
+                raw = self.train_model(x)
+                loss, items = self.loss_sup(raw, targets)
+            self._backward_step(loss, epoch, i, nb)
+            self._accumulate(sums, {"box": items["box"], "obj": items["obj"], "cls": items["cls"]})
+            prog.update({k: v / (i + 1) for k, v in sums.items()}, targets.shape[0], x.shape[-1])
+            if epoch == self.start_epoch and i < 3 and self.ctx.is_main:
+                self._plot_batch(imgs, targets, paths, i)
+        prog.close()
+        return {k: v / max(nb, 1) for k, v in sums.items()}
+
+    def _ssod_epoch(self, epoch: int) -> dict[str, float]:
+        from effteacher.engine.logger import TrainProgress
+
+        assert self.unlabeled_loader is not None
+        _set_loader_epoch(self.unlabeled_loader, epoch)
+        nb = len(self.unlabeled_loader)
+        prog = TrainProgress(epoch, self.cfg.epochs, nb, enabled=self.ctx.is_main)
+        sums: dict[str, float] = {}
+        for i, unl in enumerate(self.unlabeled_loader):
+            lab = next(self.labeled_stream)
+            loss, items = self._ssod_step(lab, unl, plot=i < 3 and self.ctx.is_main and epoch == self.cfg.burn_in, index=i)
+            self._backward_step(loss, epoch, i, nb)
+            self._accumulate(sums, items)
+            prog.update({k: v / (i + 1) for k, v in sums.items()}, lab[1].shape[0], lab[0].shape[-1])
+        prog.close()
+        return {k: v / max(nb, 1) for k, v in sums.items()}
+
+    def _ssod_step(self, lab: tuple, unl: tuple, plot: bool, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Teacher pseudo labels on the weak view (no grad) -> student losses on labeled + strong."""
+        from effteacher.ssod.domain import domain_loss
+        from effteacher.ssod.pseudo import assign_pseudo_labels
+
+        s = self.cfg.ssod
+        imgs_l, targets_l = lab[0], lab[1].to(self.device)
+        weak, strong, M, _, hidden = unl
+        x_l, x_w, x_s = self._to_input(imgs_l), self._to_input(weak), self._to_input(strong)
+        dets = self._teacher_predict(x_w)
+        tau1, tau2 = self.thresholds.tau1.to(self.device), self.thresholds.tau2.to(self.device)
+        targets_u, stats = assign_pseudo_labels(dets, M.to(self.device), tuple(x_s.shape[-2:]), tau1, tau2, s.obj_box_thres)
+        all_dets = torch.cat(dets, 0)
+        self.thresholds.observe(all_dets[:, 4].detach().cpu(), all_dets[:, 5].detach().cpu().long())
+        bl = x_l.shape[0]
+        with torch.autocast(self.device.type, enabled=self.amp):
+            raw, feats = self.train_model(torch.cat([x_l, x_s], 0), return_features=True)
+            loss_l, items_l = self.loss_sup([r[:bl] for r in raw], targets_l)
+            loss_u, items_u = self.loss_unsup([r[bl:] for r in raw], targets_u)
+            loss = loss_l + s.lambda_u * loss_u
+            da = torch.zeros((), device=self.device)
+            if self.disc is not None:
+                da = domain_loss(self.disc, [f[:bl] for f in feats], [f[bl:] for f in feats]) * bl
+                loss = loss + s.lambda_da * da
+        items: dict[str, Any] = {
+            "box": items_l["box"], "obj": items_l["obj"], "cls": items_l["cls"],
+            "ubox": items_u["box"], "uobj": items_u["obj"], "ucls": items_u["cls"], "da": da.detach() / bl,
+            "reliable": stats["n_reliable"], "uncertain": stats["n_uncertain"],
+        }
+        if self.data.hidden_labels_known:
+            items.update(self._pseudo_quality(dets, hidden, x_w.shape[-2:], tau2))
+        if plot:
+            self._plot_pseudo(weak, strong, dets, targets_u, index)
+        return loss, items
+
+    @torch.no_grad()
+    def _teacher_predict(self, x_w: torch.Tensor) -> list[torch.Tensor]:
+        from effteacher.engine.postprocess import non_max_suppression
+        from effteacher.models.head import decode
+        from effteacher.ssod.teacher import flip_ensemble_predict
+
+        teacher = self.ema.module
+        with torch.autocast(self.device.type, enabled=self.amp):
+            if self.cfg.ssod.flip_teacher:
+                pred = flip_ensemble_predict(teacher, x_w)
+            else:
+                pred = decode(teacher(x_w), teacher.anchors, teacher.stride)
+        # Scores are collected from a low fixed floor so the Epoch Adaptor sees the full
+        # distribution (a floor at tau1 would only let tau1 rise).
+        floor = min(0.05, float(self.thresholds.tau1.min()))
+        return non_max_suppression(pred.float(), conf_thres=floor, iou_thres=self.cfg.ssod.nms_iou, return_obj=True,
+                                   max_det=300)
+
+    def _pseudo_quality(self, dets: list[torch.Tensor], hidden: torch.Tensor, hw: Any, tau2: torch.Tensor) -> dict[str, float]:
+        """Precision/recall of reliable pseudo boxes against the hidden labels: reporting only."""
+        from effteacher.ssod.metrics import pseudo_precision_recall
+        from effteacher.utils.boxes import xywhn2xyxy
+
+        h, w = int(hw[0]), int(hw[1])
+        img_idx = torch.cat([torch.full((d.shape[0],), i, device=d.device) for i, d in enumerate(dets)])
+        d = torch.cat(dets, 0)
+        keep = d[:, 4] >= tau2[d[:, 5].long()]
+        gt = hidden.to(self.device)
+        gt_xyxy = xywhn2xyxy(gt[:, 2:6], w, h)
+        p, r, *_ = pseudo_precision_recall(d[keep, :4], d[keep, 5].long(), img_idx[keep], gt_xyxy, gt[:, 1].long(), gt[:, 0].long())
+        return {"precision": float(p), "recall": float(r)}
+
+    def _backward_step(self, loss: torch.Tensor, epoch: int, i: int, nb: int) -> None:
+        """Backward; optimizer step every ``accumulate`` batches (and at the epoch's end); EMA update."""
+        from effteacher.engine.optim import apply_warmup
+
+        if not torch.isfinite(loss):
+            raise EffTeacherError(
+                f"non-finite loss at epoch {epoch + 1}, batch {i + 1}; lower --lr0 (cfg optim.lr0) or turn off AMP"
+            )
+        self.iteration += 1
+        if self.iteration <= self.n_warmup:
+            apply_warmup(self.optimizer, self.iteration, self.n_warmup, self.scheduler.lr_lambdas[0](epoch), self.cfg.optim)
+        self.scaler.scale(loss).backward()
+        if self.iteration % self.accumulate == 0 or i == nb - 1:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"] + self.optimizer.param_groups[1]["params"]
+                                           + self.optimizer.param_groups[2]["params"], max_norm=10.0)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.ema.update(self.model)
+
+    def _hand_over(self) -> None:
+        """End of burn-in: the student starts SSOD from the EMA weights; the EMA becomes the teacher."""
+        from effteacher.ssod.teacher import hand_over
+        from effteacher.utils.console import info
+
+        hand_over(self.model, self.ema)
+        self.ema.set_decay(self.cfg.ssod.teacher_decay, tau=0)
+        if self.ctx.is_main:
+            info(f"burn-in done: student <- EMA weights, teacher = EMA (decay {self.cfg.ssod.teacher_decay})")
+
+    def _end_threshold_epoch(self) -> dict[str, float]:
+        """Recompute per-class thresholds from this epoch's teacher scores; returns the means used."""
+        from effteacher.engine import dist
+
+        used = {"tau1": float(self.thresholds.tau1.mean()), "tau2": float(self.thresholds.tau2.mean())}
+        gather = (lambda t: dist.all_gather_tensor(t, self.ctx)) if self.ctx.world_size > 1 else None
+        self.thresholds.end_epoch(all_gather=gather)
+        return used
+
+    def _end_epoch(self, epoch: int, means: dict[str, float], seconds: float, csv: Any, ssod_epoch: bool) -> bool:
+        """Validate the EMA/teacher, log, save last.pt and best.pt; returns True to stop early."""
+        from effteacher.engine.logger import print_threshold_table
+
+        cfg = self.cfg
+        result = None
+        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
+            result = self.evaluator.run(self.ema.module, save_dir=None, plots=False)
+        metrics = result.as_dict() if result is not None else {}
+        fitness = result.fitness() if result is not None else -1.0
+        if fitness > self.best_fitness:
+            self.best_fitness, self.best_epoch = fitness, epoch
+        row = {
+            "epoch": epoch + 1, "time": round(seconds, 2),
+            "train/box_loss": means.get("box", 0.0), "train/obj_loss": means.get("obj", 0.0),
+            "train/cls_loss": means.get("cls", 0.0), "unsup/box_loss": means.get("ubox", 0.0),
+            "unsup/obj_loss": means.get("uobj", 0.0), "unsup/cls_loss": means.get("ucls", 0.0),
+            "unsup/da_loss": means.get("da", 0.0), "pseudo/reliable": means.get("reliable", 0.0),
+            "pseudo/uncertain": means.get("uncertain", 0.0), "pseudo/tau1": means.get("tau1", 0.0),
+            "pseudo/tau2": means.get("tau2", 0.0), "pseudo/precision": means.get("precision", 0.0),
+            "pseudo/recall": means.get("recall", 0.0), **{k: metrics.get(k, 0.0) for k in CSV_COLUMNS if k.startswith("metrics/")},
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+        csv.log(row)
+        if ssod_epoch:
+            print_threshold_table(self.thresholds.tau1, self.thresholds.tau2, self.data.names)
+            self._warn_pseudo(means)
+        self._save(epoch, metrics, fitness == self.best_fitness and result is not None)
+        return epoch - self.best_epoch >= cfg.patience
+
+    def _warn_pseudo(self, means: dict[str, float]) -> None:
+        from effteacher.utils.console import warn
+
+        per_img_l = sum(r.n for r in self.data.labeled) / max(len(self.data.labeled), 1)
+        rel = means.get("reliable", 0.0) + means.get("uncertain", 0.0)
+        if rel == 0.0:
+            warn("no pseudo labels this epoch: the teacher is not confident yet; train longer (--burn-in) "
+                 "or lower the thresholds (--thresholds fixed with cfg ssod.tau1/tau2)")
+        elif rel > 5 * max(per_img_l, 1.0):
+            warn(f"{rel:.1f} pseudo boxes per image vs {per_img_l:.1f} labeled: thresholds look too low; "
+                 "raise cfg ssod.tau1/tau2 or use --thresholds adaptor")
+
+    # ------------------------------------------------------------------------- checkpoints
+    def _which(self) -> str:
+        return "teacher" if self.ssod and self._epoch_done >= self.cfg.burn_in else "ema"
+
+    def _save(self, epoch: int, metrics: dict[str, float], is_best: bool) -> None:
+        from effteacher.engine.checkpoint import make_checkpoint, save_checkpoint
+
+        self._epoch_done = epoch + 1
+        names, cfg = self.data.names, self.cfg
+        deploy = make_checkpoint(self.ema.module, names, cfg.imgsz, self._which(), epoch + 1, metrics, to_dict(cfg))
+        state = {
+            "student": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "thresholds": self.thresholds.state_dict(),
+            "disc": (self.disc.module if hasattr(self.disc, "module") else self.disc).state_dict() if self.disc is not None else None,
+            "epoch": epoch + 1, "best_fitness": self.best_fitness, "best_epoch": self.best_epoch,
+            "iteration": self.iteration, "rng": _rng_state(), "labeled_stream": self.labeled_stream.state_dict(),
+        }
+        save_checkpoint(self.wdir / "last.pt", {**deploy, "train_state": state})
+        if is_best:
+            save_checkpoint(self.wdir / "best.pt", deploy)
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        st = ckpt["train_state"]
+        self.model.load_state_dict(st["student"])
+        self.ema.load_state_dict(st["ema"])
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.scaler.load_state_dict(st["scaler"])
+        self.thresholds.load_state_dict(st["thresholds"])
+        if self.disc is not None and st.get("disc") is not None:
+            (self.disc.module if hasattr(self.disc, "module") else self.disc).load_state_dict(st["disc"])
+        self.start_epoch, self.best_fitness, self.best_epoch = st["epoch"], st["best_fitness"], st["best_epoch"]
+        self.iteration = st["iteration"]
+        self.labeled_stream.load_state_dict(st["labeled_stream"])
+        self._epoch_done = st["epoch"]
+        self.scheduler.base_lrs = [self.cfg.optim.lr0] * len(self.scheduler.base_lrs)
+        if self.ssod and self.start_epoch > self.cfg.burn_in:
+            self.ema.set_decay(self.cfg.ssod.teacher_decay, tau=0)
+        _set_rng_state(st["rng"])
+        if self.ctx.is_main:
+            from effteacher.utils.console import info
+
+            info(f"resuming {self.run_dir} from epoch {self.start_epoch + 1} of {self.cfg.epochs}")
+
+    # ------------------------------------------------------------------------- small helpers
+    def _to_input(self, imgs: torch.Tensor) -> torch.Tensor:
+        return imgs.to(self.device, non_blocking=True).float().div_(255.0)
+
+    @staticmethod
+    def _accumulate(sums: dict[str, float], items: dict[str, Any]) -> None:
+        for k, v in items.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+
+    def _broadcast_stop(self, stop: bool) -> bool:
+        if self.ctx.world_size == 1:
+            return stop
+        from effteacher.engine import dist
+
+        return bool(dist.broadcast_object(stop, self.ctx))
+
+    def _plot_labels(self) -> None:
+        from effteacher.utils.plots import plot_labels
+
+        recs = self.data.labeled
+        cls = np.concatenate([r.cls for r in recs] + [np.zeros(0, np.int64)])
+        boxes = np.concatenate([r.boxes for r in recs] + [np.zeros((0, 4), np.float32)])
+        plot_labels(cls, boxes, self.data.names, self.run_dir / "labels.jpg")
+
+    def _plot_batch(self, imgs: torch.Tensor, targets: torch.Tensor, paths: Any, i: int) -> None:
+        from effteacher.utils.plots import plot_images
+
+        plot_images(imgs, targets.cpu(), paths, self.data.names, self.run_dir / f"train_batch{i}.jpg")
+
+    def _plot_pseudo(self, weak: torch.Tensor, strong: torch.Tensor, dets: list, targets_u: torch.Tensor, i: int) -> None:
+        from effteacher.utils.plots import plot_pseudo_batch
+
+        plot_pseudo_batch(weak, strong, [d.cpu() for d in dets], targets_u.cpu(), self.data.names,
+                          self.run_dir / f"pseudo_batch{i}.jpg", float(self.thresholds.tau2.mean()))
+
+    def _finish(self) -> None:
+        """Final validation of best.pt with plots, and results.png."""
+        from effteacher.engine.checkpoint import load_checkpoint, model_from_checkpoint
+        from effteacher.utils.plots import plot_results
+
+        plot_results(self.run_dir / "results.csv")
+        best = self.wdir / "best.pt"
+        if best.exists():
+            model = model_from_checkpoint(load_checkpoint(best), self.device)
+            self.evaluator.run(model, save_dir=self.run_dir, plots=True)
+
+    def _cleanup(self) -> None:
+        if self.ctx.world_size > 1:
+            from effteacher.engine import dist
+
+            dist.cleanup()
+
+
+def _set_loader_epoch(loader: Any, epoch: int) -> None:
+    """Per-epoch shuffling (DistributedSampler) and per-epoch augmentation seeds (datasets)."""
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.tensor(np.random.get_state()[1].astype(np.int64)),
+        "python": torch.tensor([random.getrandbits(31) for _ in range(4)]),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.seed(int(state["numpy"][0]) % (2**32))
+    random.seed(int(state["python"].sum()))
+
