@@ -47,8 +47,8 @@ def test_tiny_sample_deterministic_and_valid(tmp_path, monkeypatch):
 
 def test_generated_once_and_killed_generation_redone(tmp_path, monkeypatch):
     monkeypatch.setenv("EFFTEACHER_CACHE", str(tmp_path))
-    root = tmp_path / "sample-v1"
-    stale = tmp_path / ".sample-v1.partial-999999999"  # a killed generation (no such process)
+    root = tmp_path / "sample-v2"
+    stale = tmp_path / ".sample-v2.partial-999999999"  # a killed generation (no such process)
     (stale / "images").mkdir(parents=True)
     y = ensure_sample(cfg=TINY)
     assert y == root / "sample.yaml" and (root / ".complete").is_file() and not stale.exists()
@@ -66,7 +66,7 @@ def test_default_sample_via_load_spec_yaml_and_cli(tmp_path, monkeypatch):
     monkeypatch.setenv("EFFTEACHER_CACHE", str(tmp_path))
     monkeypatch.setenv("COLUMNS", "200")
     spec = load_spec("sample")
-    assert spec.root == tmp_path / "sample-v1"
+    assert spec.root == tmp_path / "sample-v2"
     assert len(resolve_images(spec.train)) == 500 and len(resolve_images(spec.val)) == 200
     repo_yaml = Path(__file__).resolve().parents[1] / "data" / "sample.yaml"
     spec2 = load_spec(repo_yaml)  # `generate: sample` + path under $EFFTEACHER_CACHE: the same data

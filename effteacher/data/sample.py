@@ -16,7 +16,7 @@ import yaml
 from effteacher.data.spec import default_cache_dir
 from effteacher.errors import DatasetError
 
-SAMPLE_DIR = "sample-v1"
+SAMPLE_DIR = "sample-v2"
 NAMES = [str(i) for i in range(10)]
 FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_PLAIN, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX,
          cv2.FONT_HERSHEY_TRIPLEX, cv2.FONT_HERSHEY_SCRIPT_SIMPLEX, cv2.FONT_HERSHEY_SCRIPT_COMPLEX)
@@ -33,9 +33,9 @@ class SampleConfig:
     imgsz: int = 256
     seed: int = 0
     background_frac: float = 0.05  # images without any digit
-    min_digit: float = 14.0  # digit height range in pixels (log-uniform)
-    max_digit: float = 80.0
-    max_digits: int = 6
+    min_digit: float = 20.0  # digit height range in pixels (log-uniform)
+    max_digit: float = 72.0
+    max_digits: int = 5
 
 
 def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -100,17 +100,17 @@ def _background(rng: np.random.Generator, s: int) -> np.ndarray:
     ramp = np.linspace(-1, 1, s, dtype=np.float32)
     gx, gy = rng.uniform(-60, 60, 2)
     img += (gx * ramp[None, :] + gy * ramp[:, None])[..., None]
-    for _ in range(int(rng.integers(3, 16))):
+    for _ in range(int(rng.integers(1, 7))):
         x1, y1 = rng.integers(0, s, 2)
         x2, y2 = x1 + rng.integers(8, s // 2), y1 + rng.integers(8, s // 2)
-        a = rng.uniform(0.2, 0.9)
+        a = rng.uniform(0.2, 0.6)
         roi = img[y1:y2, x1:x2]
         roi *= 1 - a
         roi += a * rng.uniform(0, 255, 3).astype(np.float32)
     tex = cv2.resize(rng.standard_normal((s // 4, s // 4, 1), dtype=np.float32), (s, s),
                      interpolation=cv2.INTER_LINEAR)
-    img += rng.uniform(5, 30) * tex.reshape(s, s, 1)
-    img += rng.uniform(2, 14) * rng.standard_normal((s, s, 1), dtype=np.float32)
+    img += rng.uniform(5, 20) * tex.reshape(s, s, 1)
+    img += rng.uniform(2, 10) * rng.standard_normal((s, s, 1), dtype=np.float32)
     return np.clip(img, 0, 255)
 
 
@@ -124,13 +124,13 @@ def _paint(img: np.ndarray, mask: np.ndarray, x: int, y: int, color: np.ndarray,
 
 
 def _contrasting(rng: np.random.Generator, bg: np.ndarray) -> np.ndarray:
-    """A random BGR colour whose luma differs from ``bg``'s by at least 45 (usually, 12 tries)."""
+    """A random BGR colour whose luma differs from ``bg``'s by at least 80 (usually, 24 tries)."""
     luma = np.array([0.114, 0.587, 0.299], np.float32)
     best, best_d = None, -1.0
-    for _ in range(12):
+    for _ in range(24):
         c = rng.uniform(0, 255, 3).astype(np.float32)
         d = abs(float((c - bg) @ luma))
-        if d >= 45:
+        if d >= 80:
             return c
         if d > best_d:
             best, best_d = c, d
@@ -169,7 +169,7 @@ def render_image(rng: np.random.Generator, cfg: SampleConfig, bank: tuple[np.nda
     """One image: (img (S, S, 3) uint8 BGR, labels (n, 5) [cls, cx, cy, w, h] norm). Boxes are the tight ink box."""
     s = cfg.imgsz
     img = _background(rng, s)
-    _distractors(rng, img, int(rng.integers(2, 9)))
+    _distractors(rng, img, int(rng.integers(1, 5)))
     boxes: list[tuple[int, int, int, int]] = []
     labels = []
     n = 0 if background else int(rng.integers(1, cfg.max_digits + 1))
@@ -192,8 +192,8 @@ def render_image(rng: np.random.Generator, cfg: SampleConfig, bank: tuple[np.nda
         _paint(img, m, x, y, _contrasting(rng, bg), rng.uniform(0.8, 1.0))
         boxes.append((x, y, w, h))
         labels.append([digit, (x + w / 2) / s, (y + h / 2) / s, w / s, h / s])
-    if rng.random() < 0.5:  # a little clutter over the digits (partial occlusion)
-        _distractors(rng, img, int(rng.integers(1, 3)))
+    if rng.random() < 0.3:  # a little clutter over the digits (partial occlusion)
+        _distractors(rng, img, 1)
     if rng.random() < 0.3:
         img = cv2.GaussianBlur(img, (3, 3), 0)
     return np.clip(img, 0, 255).astype(np.uint8), np.array(labels, np.float64).reshape(-1, 5)
@@ -248,7 +248,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def ensure_sample(root: str | Path | None = None, cfg: SampleConfig = SampleConfig()) -> Path:
-    """Generate the sample dataset once (into ``$EFFTEACHER_CACHE/sample-v1`` by default); return its YAML.
+    """Generate the sample dataset once (into ``$EFFTEACHER_CACHE/sample-v2`` by default); return its YAML.
 
     Generation goes to a hidden partial folder renamed into place with a completion marker, so a
     killed generation is redone and concurrent processes never see half a dataset.

@@ -376,7 +376,7 @@ class Trainer:
 
         cfg = self.cfg
         result = None
-        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
+        if ssod_epoch or (epoch + 1) % cfg.val_every == 0 or epoch + 1 in (cfg.epochs, cfg.burn_in):
             result = self.evaluator.run(self.ema.module, save_dir=None, plots=False)
         metrics = result.as_dict() if result is not None else {}
         fitness = result.fitness() if result is not None else -1.0
