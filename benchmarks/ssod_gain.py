@@ -79,7 +79,8 @@ def main() -> None:
                      f"{s['metrics/mAP50']:.4f} (best epoch {int(s['epoch'])}); lowest SSOD mAP50-95 after burn-in "
                      f"{min_after:.4f}")
     full_epochs = args.full_epochs or max(epochs - burn_in, 1)
-    full_dir = run(project, "sup100", labeled="100%", supervised=True, epochs=full_epochs, **common)
+    full_dir = run(project, "sup100", labeled="100%", supervised=True, epochs=full_epochs,
+                   val_every=max(1, full_epochs // 20), workers=2)
     f = best(rows(full_dir))
     lines.append(f"- supervised 100% ({full_epochs} epochs) mAP50-95 {f['metrics/mAP50-95']:.4f} / mAP50 "
                  f"{f['metrics/mAP50']:.4f}")

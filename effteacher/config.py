@@ -132,7 +132,7 @@ def sample_profile() -> dict[str, Any]:
     and a burn-in long enough that the teacher has learned something before it teaches.
     """
     return {
-        "imgsz": 256, "batch": 16, "epochs": 110, "burn_in": 100, "val_every": 10,
+        "imgsz": 256, "batch": 16, "epochs": 160, "burn_in": 150, "val_every": 10,
         "optim.optimizer": "adamw", "optim.lr0": 0.002, "optim.nbs": 16, "optim.warmup_epochs": 2.0,
         "optim.warmup_bias_lr": 0.0,
         "aug.fliplr": 0.0, "aug.weak_fliplr": 0.0, "aug.strong_fliplr": 0.0,

@@ -183,13 +183,15 @@ class Trainer:
             params["disc"] = self.disc.module if hasattr(self.disc, "module") else self.disc
         self.accumulate = accumulate_steps(cfg.batch, cfg.optim.nbs)
         self.optimizer = build_optimizer(params, cfg.optim, cfg.batch)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.epochs)
         self.start_epoch, self.best_fitness, self.best_epoch, self.iteration = 0, -1.0, -1, 0
         self._epoch_done = 0
         nb_burn = len(self.labeled_loader)
         nb_ssod = len(self.unlabeled_loader) if self.unlabeled_loader is not None else nb_burn
         burn = min(cfg.burn_in, cfg.epochs) if self.ssod else cfg.epochs
         total = burn * nb_burn + (cfg.epochs - burn) * nb_ssod
+        # The LR follows iterations, not epochs: a burn-in epoch (one pass over L) is much shorter
+        # than an SSOD epoch (one pass over U), so an epoch schedule would starve the SSOD phase.
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, max(-(-total // self.accumulate), 1))
         self.n_warmup = warmup_iters(cfg.optim, nb_burn, cap=max(total // 4, 1))
 
     # ------------------------------------------------------------------------------ the loop
@@ -212,7 +214,6 @@ class Trainer:
             if cfg.aug.close_mosaic and epoch >= cfg.epochs - cfg.aug.close_mosaic:
                 self.labeled_ds.set_mosaic(False)
             means = self._ssod_epoch(epoch) if ssod_epoch else self._supervised_epoch(epoch)
-            self.scheduler.step()
             if ssod_epoch:
                 means.update(self._end_threshold_epoch())
             stop = False
@@ -340,7 +341,8 @@ class Trainer:
             )
         self.iteration += 1
         if self.iteration <= self.n_warmup:
-            apply_warmup(self.optimizer, self.iteration, self.n_warmup, self.scheduler.lr_lambdas[0](epoch), self.cfg.optim)
+            apply_warmup(self.optimizer, self.iteration, self.n_warmup, self.scheduler.lr_lambdas[0](self.scheduler.last_epoch),
+                         self.cfg.optim)
         self.scaler.scale(loss).backward()
         if self.iteration % self.accumulate == 0 or i == nb - 1:
             self.scaler.unscale_(self.optimizer)
@@ -350,6 +352,7 @@ class Trainer:
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             self.ema.update(self.model)
+            self.scheduler.step()  # per optimizer step
 
     def _hand_over(self) -> None:
         """End of burn-in: the student starts SSOD from the EMA weights; the EMA becomes the teacher."""
