@@ -157,3 +157,18 @@ def test_hidden_labels_never_reach_training(tiny_data, tmp_path, monkeypatch):
     b = torch.load(tmp_path / "poison/weights/last.pt", weights_only=True)["train_state"]["student"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("extra", [{"thresholds": "adaptor"}, {"thresholds": "gmm", "flip_teacher": True, "domain_adapt": False}])
+def test_ssod_threshold_strategies_run(tiny_data, tmp_path, extra):
+    import yaml
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"ssod": extra}))
+    res = _train(["--data", str(tiny_data), "--labeled", "25%", "--epochs", "2", "--burn-in", "1", *TINY,
+                  "--project", str(tmp_path), "--name", "s", "--cfg", str(cfg)])
+    assert res.exit_code == 0, res.output
+    last = torch.load(tmp_path / "s/weights/last.pt", weights_only=True)
+    assert last["args"]["ssod"]["thresholds"] == extra["thresholds"]
+    assert last["train_state"]["thresholds"]["kind"] == extra["thresholds"]
+    assert (last["train_state"]["disc"] is None) == (not extra.get("domain_adapt", True))
