@@ -19,11 +19,22 @@ from pathlib import Path
 from benchmarks.common import record
 
 
-def run(project: Path, name: str, **changes) -> Path:
+def run(project: Path, name: str, reuse: bool = False, **changes) -> Path:
     from effteacher.config import defaults_for, replace
     from effteacher.engine.trainer import train
 
     cfg = replace(defaults_for("sample"), project=str(project), name=name, exist_ok=True, **changes)
+    done = project / name / "results.csv"
+    if reuse and done.exists() and (project / name / "weights/best.pt").exists():
+        from effteacher.config import load_yaml, to_dict
+
+        def key(c) -> dict:  # a supervised run never reads the ssod section
+            d = to_dict(c)
+            return {k: v for k, v in d.items() if not (c.supervised and k == "ssod")}
+
+        if key(load_yaml(project / name / "args.yaml")) == key(cfg) and len(rows(project / name)) == cfg.epochs:
+            print(f"reusing finished run {project / name} (same config)")
+            return project / name
     return train(cfg)
 
 
@@ -45,6 +56,7 @@ def main() -> None:
     ap.add_argument("--full-epochs", type=int, default=None, help="epochs of the 100%% supervised run")
     ap.add_argument("--val-every", type=int, default=2)
     ap.add_argument("--project", type=Path, default=None)
+    ap.add_argument("--reuse", action="store_true", help="reuse finished runs in --project whose args.yaml match")
     args = ap.parse_args()
 
     from effteacher.config import defaults_for
@@ -54,7 +66,7 @@ def main() -> None:
     burn_in = args.burn_in if args.burn_in is not None else prof.burn_in
     project = args.project or Path(tempfile.mkdtemp(prefix="ssod_gain_"))
     t0 = time.time()
-    common = dict(val_every=args.val_every, workers=2)
+    common = dict(val_every=args.val_every, workers=2, reuse=args.reuse)
     lines, ok = [], True
     res: dict[str, dict[str, float]] = {}
     for seed in args.seeds:
@@ -67,7 +79,7 @@ def main() -> None:
         steps = burn_in * bl + (epochs - burn_in) * bu
         sup_epochs = math.ceil(steps / bl)
         sup_dir = run(project, f"sup10_s{seed}", labeled="10%", seed=seed, supervised=True, epochs=sup_epochs,
-                      val_every=max(args.val_every, sup_epochs // 20), workers=2)
+                      val_every=max(args.val_every, sup_epochs // 20), workers=2, reuse=args.reuse)
         sup_rows = rows(sup_dir)
         s, b = best(ssod_rows), best(sup_rows)
         after = [r for r in ssod_rows if r["epoch"] > burn_in and r["metrics/mAP50"] > 0]
@@ -80,7 +92,7 @@ def main() -> None:
                      f"{min_after:.4f}")
     full_epochs = args.full_epochs or max(epochs - burn_in, 1)
     full_dir = run(project, "sup100", labeled="100%", supervised=True, epochs=full_epochs,
-                   val_every=max(1, full_epochs // 20), workers=2)
+                   val_every=max(1, full_epochs // 20), workers=2, reuse=args.reuse)
     f = best(rows(full_dir))
     lines.append(f"- supervised 100% ({full_epochs} epochs) mAP50-95 {f['metrics/mAP50-95']:.4f} / mAP50 "
                  f"{f['metrics/mAP50']:.4f}")
