@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from effteacher.ssod.metrics import pseudo_precision_recall
+from effteacher.ssod.metrics import pseudo_precision_recall, pseudo_quality
 from effteacher.ssod.pseudo import assign_pseudo_labels
 
 S = 64.0
@@ -126,3 +126,14 @@ def test_pseudo_precision_recall_hand_case():
     assert pseudo_precision_recall(pred[[1, 0]], pred_cls[:2], pred_img[:2], gt[:1], gt_cls[:1], gt_img[:1])[2] == 1
     empty = torch.zeros(0, 4)
     assert pseudo_precision_recall(empty, pred_cls[:0], pred_img[:0], gt, gt_cls, gt_img) == (0.0, 0.0, 0, 0, 4)
+
+
+def test_pseudo_quality_separates_localisation_from_class():
+    # same hand case: the right-box-wrong-class prediction counts for the agnostic precision only
+    gt = torch.tensor([[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 10, 10], [40, 40, 50, 50]], dtype=torch.float32)
+    gt_cls, gt_img = torch.tensor([0, 1, 0, 0]), torch.tensor([0, 0, 1, 1])
+    pred = torch.tensor([[0, 0, 10, 10], [1, 0, 10, 10], [20, 20, 30, 30], [0, 0, 10, 10], [40, 40, 44, 50]],
+                        dtype=torch.float32)
+    q = pseudo_quality(pred, torch.zeros(5, dtype=torch.long), torch.tensor([0, 0, 0, 1, 1]), gt, gt_cls, gt_img)
+    assert q["precision"] == pytest.approx(0.4) and q["recall"] == pytest.approx(0.5)
+    assert q["precision_agnostic"] == pytest.approx(0.6)  # 3 of 5: gt 0, gt 1 (any class), gt 2

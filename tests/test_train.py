@@ -65,6 +65,8 @@ def test_ssod_run_pseudo_outputs_and_extend(tiny_data, tmp_path):
     assert (run / "pseudo_batch0.jpg").is_file()
     rows = _rows(run)
     assert len(rows) == 2 and float(rows[0]["unsup/obj_loss"]) == 0.0 and float(rows[1]["unsup/obj_loss"]) > 0.0
+    for k in ("pseudo/precision", "pseudo/recall", "pseudo/precision_agnostic"):
+        assert 0.0 <= float(rows[1][k]) <= 1.0, k
     best = torch.load(run / "weights/best.pt", weights_only=True)
     last = torch.load(run / "weights/last.pt", weights_only=True)
     assert last["which"] == "teacher" and "thresholds" in last["train_state"]

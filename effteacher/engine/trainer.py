@@ -28,6 +28,7 @@ CSV_COLUMNS = [
     "epoch", "time", "train/box_loss", "train/obj_loss", "train/cls_loss",
     "unsup/box_loss", "unsup/obj_loss", "unsup/cls_loss", "unsup/da_loss",
     "pseudo/reliable", "pseudo/uncertain", "pseudo/tau1", "pseudo/tau2", "pseudo/precision", "pseudo/recall",
+    "pseudo/precision_agnostic",
     "metrics/precision", "metrics/recall", "metrics/mAP50", "metrics/mAP50-95", "lr",
 ]
 
@@ -318,8 +319,8 @@ class Trainer:
                                    max_det=300)
 
     def _pseudo_quality(self, dets: list[torch.Tensor], hidden: torch.Tensor, hw: Any, tau2: torch.Tensor) -> dict[str, float]:
-        """Precision/recall of reliable pseudo boxes against the hidden labels: reporting only."""
-        from effteacher.ssod.metrics import pseudo_precision_recall
+        """Precision/recall (and class-agnostic precision) of reliable pseudo boxes vs the hidden labels: reporting only."""
+        from effteacher.ssod.metrics import pseudo_quality
         from effteacher.utils.boxes import xywhn2xyxy
 
         h, w = int(hw[0]), int(hw[1])
@@ -328,8 +329,7 @@ class Trainer:
         keep = d[:, 4] >= tau2[d[:, 5].long()]
         gt = hidden.to(self.device)
         gt_xyxy = xywhn2xyxy(gt[:, 2:6], w, h)
-        p, r, *_ = pseudo_precision_recall(d[keep, :4], d[keep, 5].long(), img_idx[keep], gt_xyxy, gt[:, 1].long(), gt[:, 0].long())
-        return {"precision": float(p), "recall": float(r)}
+        return pseudo_quality(d[keep, :4], d[keep, 5].long(), img_idx[keep], gt_xyxy, gt[:, 1].long(), gt[:, 0].long())
 
     def _backward_step(self, loss: torch.Tensor, epoch: int, i: int, nb: int) -> None:
         """Backward; optimizer step every ``accumulate`` batches (and at the epoch's end); EMA update."""
@@ -393,7 +393,7 @@ class Trainer:
             "unsup/da_loss": means.get("da", 0.0), "pseudo/reliable": means.get("reliable", 0.0),
             "pseudo/uncertain": means.get("uncertain", 0.0), "pseudo/tau1": means.get("tau1", 0.0),
             "pseudo/tau2": means.get("tau2", 0.0), "pseudo/precision": means.get("precision", 0.0),
-            "pseudo/recall": means.get("recall", 0.0), **{k: metrics.get(k, 0.0) for k in CSV_COLUMNS if k.startswith("metrics/")},
+            "pseudo/recall": means.get("recall", 0.0), "pseudo/precision_agnostic": means.get("precision_agnostic", 0.0), **{k: metrics.get(k, 0.0) for k in CSV_COLUMNS if k.startswith("metrics/")},
             "lr": self.optimizer.param_groups[0]["lr"],
         }
         csv.log(row)
