@@ -81,6 +81,10 @@ class SSODConfig:
     unsup_box: float = 0.05
     unsup_obj: float = 0.7
     unsup_cls: float = 0.3
+    # Scale the unlabeled box and class losses by min(1, pseudo targets / boxes a labeled batch of that
+    # size holds): both are means over targets, so a few pseudo boxes would otherwise weigh as much as
+    # a whole labeled batch (and their errors with them).
+    density_norm: bool = True
     tau1: float = 0.1  # low threshold (fixed strategy, and the start value of the others)
     tau2: float = 0.6  # high threshold
     nms_iou: float = 0.65

@@ -129,6 +129,21 @@ def test_masks_remove_terms() -> None:
     assert torch.isfinite(l0) and p0["box"].item() == 0.0
 
 
+def test_expected_targets_scale_sparse_box_and_class_losses() -> None:
+    loss = DetectionLoss(fake_model(3), LossConfig(), imgsz=64)
+    # one reliable target (cls + box) and one uncertain target (soft obj, no cls, no box)
+    t = torch.tensor([[0, 1, 0.4, 0.5, 0.3, 0.4, 1.0, 1.0, -1.0], [1, 2, 0.6, 0.3, 0.2, 0.1, 0.0, 0.0, 0.7]])
+    raw = raw_for(3)
+    _, full = loss(raw, t)
+    _, quarter = loss(raw, t, expected_targets=4.0)  # 1 box/cls target of 4 expected
+    assert quarter["box"].item() == pytest.approx(full["box"].item() / 4)
+    assert quarter["cls"].item() == pytest.approx(full["cls"].item() / 4)
+    assert quarter["obj"].item() == pytest.approx(full["obj"].item())  # dense: never scaled
+    _, dense = loss(raw, t, expected_targets=0.5)  # at least as many targets as expected: unchanged
+    for k in ("box", "obj", "cls"):
+        assert dense[k].item() == pytest.approx(full[k].item())
+
+
 def test_soft_obj_target_in_map() -> None:
     cfg = LossConfig()
     model = fake_model(3)

@@ -167,6 +167,8 @@ class Trainer:
             ubs = max(bs * cfg.ssod.unlabeled_ratio, 1)
             self.unlabeled_loader = build_loader(self.unlabeled_ds, ubs, cfg.workers, True, cfg.seed + 1, ctx.rank, ctx.world_size)
         nc = len(self.data.names)
+        # ground-truth boxes per labeled image: what a dense unlabeled batch would hold (density_norm)
+        self.labeled_density = max(sum(r.n for r in self.data.labeled) / max(len(self.data.labeled), 1), 1e-6)
         n_c = np.bincount(np.concatenate([r.cls for r in self.data.labeled] + [np.zeros(0, np.int64)]), minlength=nc)
         self.thresholds = build_thresholds(
             cfg.ssod.thresholds, nc=nc, tau1=cfg.ssod.tau1, tau2=cfg.ssod.tau2, n_c=torch.as_tensor(n_c),
@@ -283,7 +285,8 @@ class Trainer:
         with torch.autocast(self.device.type, enabled=self.amp):
             raw, feats = self.train_model(torch.cat([x_l, x_s], 0), return_features=True)
             loss_l, items_l = self.loss_sup([r[:bl] for r in raw], targets_l)
-            loss_u, items_u = self.loss_unsup([r[bl:] for r in raw], targets_u)
+            expected = self.labeled_density * x_s.shape[0] if s.density_norm else None
+            loss_u, items_u = self.loss_unsup([r[bl:] for r in raw], targets_u, expected_targets=expected)
             loss = loss_l + s.lambda_u * loss_u
             da = torch.zeros((), device=self.device)
             if self.disc is not None:

@@ -72,9 +72,15 @@ class DetectionLoss:
         self.gain_cls = cls * self.nc / 80 * s
         self.ciou = cfg.iou_type == "ciou"
 
-    def __call__(self, raw: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(
+        self, raw: list[torch.Tensor], targets: torch.Tensor, expected_targets: float | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """raw: per level (B, na, H, W, 5+nc) logits; targets: (N, 6) or (N, 9), see CONTRACTS.md.
 
+        expected_targets: when given, the box and class losses (means over their targets) are
+        scaled by ``min(1, sum(w_box) / expected_targets)`` and ``min(1, sum(w_cls) / expected_targets)``:
+        sparse pseudo labels then weigh in proportion to how many there are. Objectness is dense
+        (every cell) and is not scaled.
         Returns (loss * B, {"box", "obj", "cls"} gain-scaled, detached, not multiplied by B).
         """
         device = raw[0].device
@@ -117,6 +123,9 @@ class DetectionLoss:
                     lcls = lcls + _masked_mean(per, w_cls[lt.rows])
             lobj = lobj + bce_focal(pi[..., 4], tobj, gamma, alpha).mean() * self.cfg.balance[i]
         lbox, lobj, lcls = lbox * self.gain_box, lobj * self.gain_obj, lcls * self.gain_cls
+        if expected_targets is not None and expected_targets > 0:
+            lbox = lbox * min(1.0, float(w_box.sum()) / expected_targets)
+            lcls = lcls * min(1.0, float(w_cls.sum()) / expected_targets)
         bs = raw[0].shape[0]
         parts = {"box": lbox.detach(), "obj": lobj.detach(), "cls": lcls.detach()}
         return (lbox + lobj + lcls) * bs, parts
