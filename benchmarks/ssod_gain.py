@@ -48,6 +48,34 @@ def best(rs: list[dict[str, float]]) -> dict[str, float]:
     return max(rs, key=lambda r: 0.1 * r["metrics/mAP50"] + 0.9 * r["metrics/mAP50-95"])
 
 
+def below_supervised(after: list[dict[str, float]], sup_rows: list[dict[str, float]], burn_in: int, bl: int,
+                     bu: int) -> str:
+    """Compare every validated SSOD epoch after burn-in with the supervised run at the same step.
+
+    The supervised value is linearly interpolated between its validated epochs (it validates less
+    often); steps are optimizer steps (burn-in epochs have bl, SSOD epochs bu batches).
+    """
+    sup = [(r["epoch"] * bl, r["metrics/mAP50-95"]) for r in sup_rows if r["metrics/mAP50"] > 0]
+    if not after or len(sup) < 2:
+        return "no post-burn-in comparison"
+    worst, n_below = (0.0, 0), 0
+    for r in after:
+        step = burn_in * bl + (r["epoch"] - burn_in) * bu
+        ref = None
+        for (s0, m0), (s1, m1) in zip(sup, sup[1:]):
+            if s0 <= step <= s1:
+                ref = m0 + (m1 - m0) * (step - s0) / max(s1 - s0, 1)
+        if ref is None:
+            continue
+        d = r["metrics/mAP50-95"] - ref
+        if d < 0:
+            n_below += 1
+            if d < worst[0]:
+                worst = (d, int(step))
+    tail = f" (worst {worst[0]:+.3f} at step {worst[1]})" if n_below else ""
+    return f"below the supervised run at the same step in {n_below} of {len(after)} post-burn-in validations{tail}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -84,12 +112,13 @@ def main() -> None:
         s, b = best(ssod_rows), best(sup_rows)
         after = [r for r in ssod_rows if r["epoch"] > burn_in and r["metrics/mAP50"] > 0]
         min_after = min((r["metrics/mAP50-95"] for r in after), default=float("nan"))
+        below = below_supervised(after, sup_rows, burn_in, bl, bu)
         res[f"ssod{seed}"], res[f"sup{seed}"] = s, b
         lines.append(f"- seed {seed}: supervised 10% ({sup_epochs} epochs = {steps} steps) mAP50-95 "
                      f"{b['metrics/mAP50-95']:.4f} / mAP50 {b['metrics/mAP50']:.4f} (best epoch {int(b['epoch'])}); "
                      f"SSOD 10% ({epochs} epochs, burn-in {burn_in}) mAP50-95 {s['metrics/mAP50-95']:.4f} / mAP50 "
                      f"{s['metrics/mAP50']:.4f} (best epoch {int(s['epoch'])}); lowest SSOD mAP50-95 after burn-in "
-                     f"{min_after:.4f}")
+                     f"{min_after:.4f}; {below}")
     full_epochs = args.full_epochs or max(epochs - burn_in, 1)
     full_dir = run(project, "sup100", labeled="100%", supervised=True, epochs=full_epochs,
                    val_every=max(1, full_epochs // 20), workers=2, reuse=args.reuse)
