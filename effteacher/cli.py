@@ -69,15 +69,15 @@ def train(
     thresholds: Optional[str] = typer.Option(None, help="Pseudo-label thresholds: adaptor (default)|fixed|gmm."),
     patience: Optional[int] = typer.Option(None, help="Early-stop patience in epochs (100)."),
     nproc: int = typer.Option(1, help="Processes for DDP on CPU (gloo), e.g. --device cpu --nproc 2."),
-    cfg: Optional[Path] = typer.Option(None, help="YAML with any TrainConfig keys (the args.yaml format)."),
+    cfg: Optional[Path] = typer.Option(None, help="YAML with any TrainConfig keys (the args.yaml format) over the dataset's defaults."),
 ) -> None:
     """Train a detector, semi-supervised by default (supervised with --supervised)."""
 
     def run() -> Any:
-        from effteacher.config import defaults_for, load_yaml, replace
+        from effteacher.config import defaults_for, load_overrides, replace
         from effteacher.engine.trainer import train as train_fn
 
-        base = load_yaml(cfg) if cfg else defaults_for(data)
+        base = load_overrides(cfg, data) if cfg else defaults_for(data)
         given = dict(
             data=data, labeled=labeled, model=model, epochs=epochs, burn_in=burn_in, imgsz=imgsz, batch=batch,
             device=device, weights=weights, resume=resume, supervised=supervised, seed=seed, project=project,

@@ -85,6 +85,9 @@ class SSODConfig:
     # size holds): both are means over targets, so a few pseudo boxes would otherwise weigh as much as
     # a whole labeled batch (and their errors with them).
     density_norm: bool = True
+    # Reliable pseudo boxes train the class head on the teacher's class probabilities instead of its
+    # argmax one-hot (off = METHOD.md's hard targets); for teachers that localise well but misclassify.
+    soft_cls: bool = False
     tau1: float = 0.1  # low threshold (fixed strategy, and the start value of the others)
     tau2: float = 0.6  # high threshold
     nms_iou: float = 0.65
@@ -224,10 +227,31 @@ def save_yaml(cfg: Any, path: Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def load_yaml(path: Path) -> TrainConfig:
+def _read_mapping(path: Path) -> dict[str, Any]:
     import yaml
 
     d = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(d, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys")
-    return from_dict(d)
+    return d
+
+
+def load_yaml(path: Path) -> TrainConfig:
+    """A complete config (args.yaml); keys it lacks take TrainConfig's plain defaults."""
+    return from_dict(_read_mapping(path))
+
+
+def load_overrides(path: Path, data: str | None = None) -> TrainConfig:
+    """``--cfg``: the YAML's keys over the defaults of the dataset (the sample profile for 'sample').
+
+    data: the dataset given on the command line; None uses the YAML's own ``data`` (else 'sample').
+    A partial YAML (e.g. only ``ssod: {soft_cls: true}``) keeps every other default of that profile.
+    """
+    d = _read_mapping(path)
+    base = to_dict(defaults_for(data if data is not None else d.get("data", "sample")))
+    for k, v in d.items():
+        if k in _NESTED and isinstance(v, dict) and isinstance(base.get(k), dict):
+            base[k] = {**base[k], **v}
+        else:
+            base[k] = v
+    return from_dict(base)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from effteacher.config import TrainConfig, from_dict, load_yaml, replace, save_yaml, to_dict
+from effteacher.config import TrainConfig, defaults_for, from_dict, load_overrides, load_yaml, replace, save_yaml, to_dict
 from effteacher.errors import ConfigError
 from effteacher.utils.boxes import (
     box_candidates,
@@ -24,6 +24,21 @@ def test_config_roundtrip(tmp_path):
     assert back == cfg
     assert back.ssod.tau2 == 0.5 and back.epochs == 3
     assert to_dict(back)["loss"]["balance"] == [1.0, 1.0, 1.0]
+
+
+def test_partial_cfg_yaml_keeps_the_dataset_profile(tmp_path):
+    (tmp_path / "p.yaml").write_text("val_every: 3\nssod:\n  soft_cls: true\n")
+    sample = load_overrides(tmp_path / "p.yaml", "sample")
+    prof = defaults_for("sample")
+    assert sample.imgsz == prof.imgsz != TrainConfig().imgsz  # the sample profile, not the plain defaults
+    assert sample.ssod.soft_cls and sample.val_every == 3 and sample.ssod.teacher_decay == prof.ssod.teacher_decay
+    custom = load_overrides(tmp_path / "p.yaml", "custom.yaml")
+    assert custom.imgsz == TrainConfig().imgsz and custom.ssod.soft_cls
+    (tmp_path / "full.yaml").write_text("data: custom.yaml\nimgsz: 320\n")
+    assert load_overrides(tmp_path / "full.yaml").imgsz == 320  # the YAML's own data picks the profile
+    with pytest.raises(ConfigError, match="soft_cls"):
+        (tmp_path / "bad.yaml").write_text("ssod:\n  soft_clss: true\n")
+        load_overrides(tmp_path / "bad.yaml", "sample")
 
 
 def test_config_unknown_key_suggests():

@@ -144,6 +144,23 @@ def test_expected_targets_scale_sparse_box_and_class_losses() -> None:
         assert dense[k].item() == pytest.approx(full[k].item())
 
 
+def test_soft_class_targets_replace_the_one_hot() -> None:
+    loss = DetectionLoss(fake_model(3), LossConfig(), imgsz=64)
+    t9 = torch.tensor([[0, 1, 0.4, 0.5, 0.3, 0.4, 1.0, 1.0, -1.0], [1, 2, 0.6, 0.3, 0.2, 0.1, 1.0, 1.0, -1.0]])
+    raw = raw_for(3)
+    _, hard = loss(raw, t9)
+    one_hot = torch.cat([t9, F.one_hot(t9[:, 1].long(), 3).float()], 1)  # soft targets equal to the one-hot
+    _, same = loss(raw, one_hot)
+    for k in ("box", "obj", "cls"):
+        assert same[k].item() == pytest.approx(hard[k].item())
+    soft = torch.cat([t9, torch.tensor([[0.2, 0.5, 0.3], [0.1, 0.1, 0.4]])], 1)
+    _, parts = loss(raw, soft)
+    assert parts["cls"].item() != pytest.approx(hard["cls"].item())
+    assert parts["box"].item() == pytest.approx(hard["box"].item())
+    with pytest.raises(ValueError, match="9 \\+ nc"):
+        loss(raw, torch.zeros(1, 10))
+
+
 def test_soft_obj_target_in_map() -> None:
     cfg = LossConfig()
     model = fake_model(3)

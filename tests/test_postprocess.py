@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from effteacher.engine.postprocess import non_max_suppression
@@ -82,3 +83,20 @@ def test_empty_inputs() -> None:
     pred = torch.zeros(2, 10, 7)
     out = non_max_suppression(pred, 0.25, 0.45, return_obj=True)
     assert [o.shape for o in out] == [(0, 7), (0, 7)]
+
+
+def test_return_probs_appends_the_kept_boxes_class_probabilities() -> None:
+    pred = random_pred(b=1, seed=3)
+    base = non_max_suppression(pred, 0.1, 0.5, return_obj=True)[0]
+    out = non_max_suppression(pred, 0.1, 0.5, return_obj=True, return_probs=True)[0]
+    nc = pred.shape[-1] - 5
+    assert out.shape == (base.shape[0], 7 + nc)
+    torch.testing.assert_close(out[:, :7], base)
+    # score = obj * prob of the chosen class, and that class has the largest probability
+    probs = out[:, 7:]
+    torch.testing.assert_close(out[:, 4], out[:, 6] * probs.gather(1, out[:, 5:6].long())[:, 0])
+    assert torch.equal(probs.argmax(1), out[:, 5].long())
+    assert [o.shape for o in non_max_suppression(torch.zeros(2, 10, 7), 0.25, 0.45, return_obj=True,
+                                                 return_probs=True)] == [(0, 9), (0, 9)]
+    with pytest.raises(ValueError, match="return_obj"):
+        non_max_suppression(pred, 0.1, 0.5, return_probs=True)

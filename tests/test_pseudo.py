@@ -137,3 +137,18 @@ def test_pseudo_quality_separates_localisation_from_class():
     q = pseudo_quality(pred, torch.zeros(5, dtype=torch.long), torch.tensor([0, 0, 0, 1, 1]), gt, gt_cls, gt_img)
     assert q["precision"] == pytest.approx(0.4) and q["recall"] == pytest.approx(0.5)
     assert q["precision_agnostic"] == pytest.approx(0.6)  # 3 of 5: gt 0, gt 1 (any class), gt 2
+
+
+def test_pla_soft_cls_carries_the_teacher_class_probabilities():
+    probs = torch.tensor([[0.7, 0.2], [0.3, 0.6], [0.1, 0.1]])
+    d = torch.cat([torch.tensor([[10, 10, 30, 30, 0.70, 0, 1.0],  # reliable
+                                 [40, 40, 60, 50, 0.50, 1, 0.8],  # uncertain (class 1: tau1 0.3, tau2 0.8)
+                                 [0, 0, 10, 10, 0.05, 0, 0.5]]),  # dropped
+                   probs], 1)
+    hard, _ = assign_pseudo_labels([d[:, :7]], EYE[None], (64, 64), TAU1, TAU2)
+    soft, _ = assign_pseudo_labels([d], EYE[None], (64, 64), TAU1, TAU2, soft_cls=True)
+    assert hard.shape == (2, 9) and soft.shape == (2, 11)
+    torch.testing.assert_close(soft[:, :9], hard)
+    torch.testing.assert_close(soft[:, 9:], probs[:2])
+    with pytest.raises(ValueError):
+        assign_pseudo_labels([d[:, :7]], EYE[None], (64, 64), TAU1, TAU2, soft_cls=True)

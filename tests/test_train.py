@@ -161,7 +161,8 @@ def test_hidden_labels_never_reach_training(tiny_data, tmp_path, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("extra", [{"thresholds": "adaptor"}, {"thresholds": "gmm", "flip_teacher": True, "domain_adapt": False}])
+@pytest.mark.parametrize("extra", [{"thresholds": "adaptor", "soft_cls": True},
+                                   {"thresholds": "gmm", "flip_teacher": True, "domain_adapt": False, "density_norm": False}])
 def test_ssod_threshold_strategies_run(tiny_data, tmp_path, extra):
     import yaml
 
@@ -174,3 +175,4 @@ def test_ssod_threshold_strategies_run(tiny_data, tmp_path, extra):
     assert last["args"]["ssod"]["thresholds"] == extra["thresholds"]
     assert last["train_state"]["thresholds"]["kind"] == extra["thresholds"]
     assert (last["train_state"]["disc"] is None) == (not extra.get("domain_adapt", True))
+    assert last["args"]["ssod"]["soft_cls"] == extra.get("soft_cls", False)

@@ -18,6 +18,7 @@ def non_max_suppression(
     max_det: int = 300,
     return_obj: bool = False,
     max_nms: int = 30000,
+    return_probs: bool = False,
 ) -> list[torch.Tensor]:
     """Decoded predictions -> per-image detections.
 
@@ -26,11 +27,14 @@ def non_max_suppression(
     else the best class), optional ``classes`` filter, then NMS per class (all classes together
     with ``agnostic``) suppressing IoU > iou_thres, at most ``max_det`` by descending score
     (``max_nms`` boxes enter NMS). Returns B tensors (n, 6) [x1, y1, x2, y2, score, cls], or
-    (n, 7) with the objectness appended when ``return_obj``.
+    (n, 7) with the objectness appended when ``return_obj``; ``return_probs`` (with ``return_obj``)
+    then appends the nc class probabilities of each kept box: (n, 7 + nc).
     """
+    if return_probs and not return_obj:
+        raise ValueError("return_probs needs return_obj (the probabilities follow the objectness column)")
     if not 0 <= conf_thres <= 1 or not 0 <= iou_thres <= 1:
         raise ValueError(f"conf_thres and iou_thres must be in [0, 1], got {conf_thres}, {iou_thres}")
-    ncols = 7 if return_obj else 6
+    ncols = (7 if return_obj else 6) + (pred.shape[-1] - 5 if return_probs else 0)
     out: list[torch.Tensor] = []
     cls_filter = None if classes is None else torch.as_tensor(classes, device=pred.device)
     for x in pred:
@@ -63,5 +67,7 @@ def non_max_suppression(
         cols = [boxes[i[k]], conf[k, None], j[k, None].to(pred.dtype)]
         if return_obj:
             cols.append(obj[i[k], None])
+        if return_probs:
+            cols.append(x[i[k], 5:])
         out.append(torch.cat(cols, 1))
     return out

@@ -278,7 +278,8 @@ class Trainer:
         x_l, x_w, x_s = self._to_input(imgs_l), self._to_input(weak), self._to_input(strong)
         dets = self._teacher_predict(x_w)
         tau1, tau2 = self.thresholds.tau1.to(self.device), self.thresholds.tau2.to(self.device)
-        targets_u, stats = assign_pseudo_labels(dets, M.to(self.device), tuple(x_s.shape[-2:]), tau1, tau2, s.obj_box_thres)
+        targets_u, stats = assign_pseudo_labels(dets, M.to(self.device), tuple(x_s.shape[-2:]), tau1, tau2, s.obj_box_thres,
+                                                soft_cls=s.soft_cls)
         all_dets = torch.cat(dets, 0)
         self.thresholds.observe(all_dets[:, 4].detach().cpu(), all_dets[:, 5].detach().cpu().long())
         bl = x_l.shape[0]
@@ -319,7 +320,7 @@ class Trainer:
         # distribution (a floor at tau1 would only let tau1 rise).
         floor = min(0.05, float(self.thresholds.tau1.min()))
         return non_max_suppression(pred.float(), conf_thres=floor, iou_thres=self.cfg.ssod.nms_iou, return_obj=True,
-                                   max_det=300)
+                                   max_det=300, return_probs=self.cfg.ssod.soft_cls)
 
     def _pseudo_quality(self, dets: list[torch.Tensor], hidden: torch.Tensor, hw: Any, tau2: torch.Tensor) -> dict[str, float]:
         """Precision/recall (and class-agnostic precision) of reliable pseudo boxes vs the hidden labels: reporting only."""

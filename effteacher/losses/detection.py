@@ -85,10 +85,11 @@ class DetectionLoss:
         """
         device = raw[0].device
         targets = targets.to(device=device, dtype=torch.float32)
-        if targets.ndim != 2 or targets.shape[1] not in (6, 9):
-            raise ValueError(f"targets must be (N, 6) or (N, 9), got {tuple(targets.shape)}")
+        if targets.ndim != 2 or targets.shape[1] not in (6, 9, 9 + self.nc):
+            raise ValueError(f"targets must be (N, 6), (N, 9) or (N, 9 + nc), got {tuple(targets.shape)}")
+        soft = targets[:, 9:] if targets.shape[1] == 9 + self.nc else None  # teacher class probabilities
         n_t = targets.shape[0]
-        if targets.shape[1] == 9:
+        if targets.shape[1] >= 9:
             w_cls, w_box, obj_t = targets[:, 6], targets[:, 7], targets[:, 8]
         else:
             w_cls = w_box = targets.new_ones(n_t)
@@ -117,8 +118,11 @@ class DetectionLoss:
                 flat = ((lt.b * na + lt.a) * ny + lt.gj) * nx + lt.gi
                 tobj = priority_objectness(tuple(tobj.shape), flat, value, hard)
                 if self.nc > 1:
-                    t = torch.full_like(ps[:, 5:], cn)
-                    t[torch.arange(ps.shape[0], device=device), targets[lt.rows, 1].long()] = cp
+                    if soft is not None:
+                        t = soft[lt.rows].clamp(0, 1)
+                    else:
+                        t = torch.full_like(ps[:, 5:], cn)
+                        t[torch.arange(ps.shape[0], device=device), targets[lt.rows, 1].long()] = cp
                     per = bce_focal(ps[:, 5:], t, gamma, alpha).mean(1)
                     lcls = lcls + _masked_mean(per, w_cls[lt.rows])
             lobj = lobj + bce_focal(pi[..., 4], tobj, gamma, alpha).mean() * self.cfg.balance[i]

@@ -33,6 +33,7 @@ def assign_pseudo_labels(
     obj_box_thres: float = 0.99,
     min_size: float = 2.0,
     min_visible: float = 0.5,
+    soft_cls: bool = False,
 ) -> tuple[Tensor, dict[str, Any]]:
     """Split the teacher's detections into reliable / uncertain student targets (METHOD.md section 3).
 
@@ -48,14 +49,16 @@ def assign_pseudo_labels(
     - ``score <= tau1``: dropped (background).
 
     Returns ``targets`` (N, 9) float32 ``[img, cls, cx, cy, w, h, w_cls, w_box, obj_target]``
-    (boxes normalised to the strong image) and ``stats``: ``n_reliable`` and ``n_uncertain``
+    (boxes normalised to the strong image); with ``soft_cls`` the detections must be (n, 7 + nc)
+    (NMS ``return_probs``) and targets are (N, 9 + nc): the teacher's class probabilities follow,
+    and the loss trains reliable boxes' classes on them instead of the argmax one-hot and ``stats``: ``n_reliable`` and ``n_uncertain``
     (floats, per image), ``scores`` and ``classes`` ((K,) all input detections, detached, for the
     threshold strategies), ``reliable`` ((N,) bool, per target row).
     """
     device = dets[0].device if dets else M.device
     nb = len(dets)
     for d in dets:
-        if d.numel() and (d.ndim != 2 or d.shape[1] < 7):
+        if d.numel() and (d.ndim != 2 or d.shape[1] < (8 if soft_cls else 7)):
             raise ValueError(
                 f"assign_pseudo_labels: detections must be (n, 7) x1y1x2y2 score cls obj, got {tuple(d.shape)}"
             )
@@ -65,7 +68,7 @@ def assign_pseudo_labels(
         stats = {"n_reliable": 0.0, "n_uncertain": 0.0, "scores": zero, "classes": zero.long(),
                  "reliable": torch.zeros(0, dtype=torch.bool, device=device)}
         return torch.zeros(0, 9, device=device), stats
-    all_dets = torch.cat([d[:, :7] for d in dets if d.numel()], 0)
+    all_dets = torch.cat([d if soft_cls else d[:, :7] for d in dets if d.numel()], 0)
     all_dets = all_dets.detach().float()
     img = torch.repeat_interleave(torch.arange(nb, device=device), counts)
     score, cls, obj = all_dets[:, 4], all_dets[:, 5].long(), all_dets[:, 6]
@@ -96,6 +99,7 @@ def assign_pseudo_labels(
             w_cls[:, None],
             w_box[:, None],
             obj_t[:, None],
+            *([all_dets[keep, 7:]] if soft_cls else []),
         ],
         1,
     )

@@ -277,7 +277,8 @@ def plot_pseudo_batch(weak: Any, strong: Any, weak_dets: Sequence[Any], strong_t
     tau = _np(tau2, np.float64).reshape(-1)
     t = _np(strong_targets, np.float32, cols=9)
     for i in range(n):
-        d = _np(weak_dets[i] if i < len(weak_dets) else None, np.float32, cols=7).reshape(-1, 7)
+        d = _np(weak_dets[i] if i < len(weak_dets) else None, np.float32, cols=7)
+        d = d.reshape(-1, d.shape[-1] if d.ndim == 2 else 7)[:, :7]  # extra columns: class probabilities
         cls = d[:, 5].astype(np.int64)
         thr = tau[np.clip(cls, 0, len(tau) - 1)] if len(tau) > 1 else np.full(len(cls), tau[0] if len(tau) else 0.5)
         rel = d[:, 4] >= thr
