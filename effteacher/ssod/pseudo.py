@@ -49,10 +49,10 @@ def assign_pseudo_labels(
     - ``score <= tau1``: dropped (background).
 
     Returns ``targets`` (N, 9) float32 ``[img, cls, cx, cy, w, h, w_cls, w_box, obj_target]``
-    (boxes normalised to the strong image); with ``soft_cls`` the detections must be (n, 7 + nc)
-    (NMS ``return_probs``) and targets are (N, 9 + nc): the teacher's class probabilities follow,
-    and the loss trains reliable boxes' classes on them instead of the argmax one-hot and ``stats``: ``n_reliable`` and ``n_uncertain``
-    (floats, per image), ``scores`` and ``classes`` ((K,) all input detections, detached, for the
+    (boxes normalised to the strong image) and ``stats``. With ``soft_cls`` the detections must be
+    (n, 7 + nc) (NMS ``return_probs``) and targets are (N, 9 + nc): the teacher's class
+    probabilities follow, and the loss trains reliable boxes' classes on them instead of the argmax
+    one-hot. ``stats``: ``n_reliable`` and ``n_uncertain`` (floats, per image), ``scores`` and ``classes`` ((K,) all input detections, detached, for the
     threshold strategies), ``reliable`` ((N,) bool, per target row).
     """
     device = dets[0].device if dets else M.device
