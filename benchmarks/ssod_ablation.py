@@ -84,7 +84,7 @@ def variant(root: Path, seed: int, name: str, n_ssod: int, overrides: dict[str, 
         pred = decode(t(x_w), t.anchors, t.stride)
         floor = min(0.05, float(self.thresholds.tau1.min()))
         return non_max_suppression(pred.float(), conf_thres=floor, iou_thres=self.cfg.ssod.nms_iou, return_obj=True,
-                                   max_det=300, agnostic=True)
+                                   max_det=300, agnostic=True, return_probs=self.cfg.ssod.soft_cls)
 
     T.resumed_config = lambda ck, c, p: replace(orig_rc(ck, c, p), **overrides)
     T.Trainer._end_epoch, T.Trainer._restore = end, restore
