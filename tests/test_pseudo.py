@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from effteacher.ssod.metrics import pseudo_precision_recall, pseudo_quality
+from effteacher.ssod.metrics import pseudo_precision_recall
 from effteacher.ssod.pseudo import assign_pseudo_labels
 
 S = 64.0
@@ -134,9 +134,10 @@ def test_pseudo_quality_separates_localisation_from_class():
     gt_cls, gt_img = torch.tensor([0, 1, 0, 0]), torch.tensor([0, 0, 1, 1])
     pred = torch.tensor([[0, 0, 10, 10], [1, 0, 10, 10], [20, 20, 30, 30], [0, 0, 10, 10], [40, 40, 44, 50]],
                         dtype=torch.float32)
-    q = pseudo_quality(pred, torch.zeros(5, dtype=torch.long), torch.tensor([0, 0, 0, 1, 1]), gt, gt_cls, gt_img)
-    assert q["precision"] == pytest.approx(0.4) and q["recall"] == pytest.approx(0.5)
-    assert q["precision_agnostic"] == pytest.approx(0.6)  # 3 of 5: gt 0, gt 1 (any class), gt 2
+    args = (pred, torch.zeros(5, dtype=torch.long), torch.tensor([0, 0, 0, 1, 1]), gt, gt_cls, gt_img)
+    assert pseudo_precision_recall(*args)[:2] == pytest.approx((0.4, 0.5))
+    p_agn, r_agn, tp, *_ = pseudo_precision_recall(*args, ignore_class=True)
+    assert tp == 3 and p_agn == pytest.approx(0.6)  # 3 of 5: gt 0, gt 1 (any class), gt 2
 
 
 def test_pla_soft_cls_carries_the_teacher_class_probabilities():

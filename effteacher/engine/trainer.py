@@ -324,7 +324,7 @@ class Trainer:
 
     def _pseudo_quality(self, dets: list[torch.Tensor], hidden: torch.Tensor, hw: Any, tau2: torch.Tensor) -> dict[str, float]:
         """Precision/recall (and class-agnostic precision) of reliable pseudo boxes vs the hidden labels: reporting only."""
-        from effteacher.ssod.metrics import pseudo_quality
+        from effteacher.ssod.metrics import pseudo_precision_recall
         from effteacher.utils.boxes import xywhn2xyxy
 
         h, w = int(hw[0]), int(hw[1])
@@ -333,7 +333,10 @@ class Trainer:
         keep = d[:, 4] >= tau2[d[:, 5].long()]
         gt = hidden.to(self.device)
         gt_xyxy = xywhn2xyxy(gt[:, 2:6], w, h)
-        return pseudo_quality(d[keep, :4], d[keep, 5].long(), img_idx[keep], gt_xyxy, gt[:, 1].long(), gt[:, 0].long())
+        args = (d[keep, :4], d[keep, 5].long(), img_idx[keep], gt_xyxy, gt[:, 1].long(), gt[:, 0].long())
+        p, r, *_ = pseudo_precision_recall(*args)
+        p_agn, *_ = pseudo_precision_recall(*args, ignore_class=True)
+        return {"precision": p, "recall": r, "precision_agnostic": p_agn}
 
     def _backward_step(self, loss: torch.Tensor, epoch: int, i: int, nb: int) -> None:
         """Backward; optimizer step every ``accumulate`` batches (and at the epoch's end); EMA update."""

@@ -55,35 +55,19 @@ def pseudo_precision_recall(
     gt_cls: Tensor,
     gt_img: Tensor,
     iou: float = 0.5,
+    ignore_class: bool = False,
 ) -> tuple[float, float, int, int, int]:
     """Precision and recall of pseudo boxes against hidden labels of the same (weak) view.
 
     pseudo_xyxy (P, 4), pseudo_cls (P,), pseudo_img (P,); gt_xyxy (G, 4), gt_cls (G,), gt_img (G,),
     all boxes in the same pixel frame. Returns (precision, recall, tp, n_pred, n_gt); precision
     and recall are 0 when their denominator is 0. Sum tp/n_pred/n_gt over batches for an epoch.
+    ``ignore_class`` matches boxes whatever their class: with a high class-agnostic and a low
+    class-aware precision, the teacher localises well but misclassifies.
     """
+    if ignore_class:  # "found the object" regardless of its name
+        pseudo_cls, gt_cls = torch.zeros_like(pseudo_cls).long(), torch.zeros_like(gt_cls).long()
     tp = match_count(pseudo_xyxy, pseudo_cls, pseudo_img, gt_xyxy, gt_cls, gt_img, iou)
     n_pred, n_gt = int(pseudo_xyxy.shape[0]), int(gt_xyxy.shape[0])
     return tp / max(n_pred, 1), tp / max(n_gt, 1), tp, n_pred, n_gt
 
-
-def pseudo_quality(
-    pseudo_xyxy: Tensor,
-    pseudo_cls: Tensor,
-    pseudo_img: Tensor,
-    gt_xyxy: Tensor,
-    gt_cls: Tensor,
-    gt_img: Tensor,
-    iou: float = 0.5,
-) -> dict[str, float]:
-    """``precision``, ``recall`` (class must match) and ``precision_agnostic`` (any class) of pseudo boxes.
-
-    The class-agnostic precision separates "found the object" from "named it right": a teacher that
-    localises well but misclassifies gets a high agnostic and a low class-aware precision.
-    Same inputs as ``pseudo_precision_recall``.
-    """
-    p, r, *_ = pseudo_precision_recall(pseudo_xyxy, pseudo_cls, pseudo_img, gt_xyxy, gt_cls, gt_img, iou)
-    p_agn, *_ = pseudo_precision_recall(
-        pseudo_xyxy, torch.zeros_like(pseudo_cls).long(), pseudo_img, gt_xyxy, torch.zeros_like(gt_cls).long(), gt_img, iou
-    )
-    return {"precision": float(p), "recall": float(r), "precision_agnostic": float(p_agn)}
