@@ -38,6 +38,18 @@ def _call(ctx: typer.Context, fn: Callable[[], Any]) -> Any:
         raise typer.Exit(130) from None
 
 
+def _burn_in(value: str) -> int | str:
+    """--burn-in: 'auto' or a whole number of epochs."""
+    v = value.strip().lower()
+    if v == "auto":
+        return v
+    if not v.isdigit():
+        from effteacher.errors import ConfigError
+
+        raise ConfigError(f"--burn-in {value!r}: use 'auto' or a whole number of epochs (e.g. --burn-in 50)")
+    return int(v)
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,
@@ -52,8 +64,8 @@ def train(
     data: Optional[str] = typer.Option(None, help="Dataset YAML, or 'sample' (default) for the bundled sample dataset."),
     labeled: Optional[str] = typer.Option(None, help="Labeled part of train: '10%' (default), '0.1' or a count '200'."),
     model: Optional[str] = typer.Option(None, help="n (default)|s|m|l|x|retina-r18|retina-r50"),
-    epochs: Optional[int] = typer.Option(None, help="Total epochs, burn-in included."),
-    burn_in: Optional[int] = typer.Option(None, "--burn-in", help="Supervised burn-in epochs (passes over L) before SSOD."),
+    epochs: Optional[int] = typer.Option(None, help="Total epochs, burn-in included (default: auto, sized from the data)."),
+    burn_in: Optional[str] = typer.Option(None, "--burn-in", help="Burn-in before SSOD: 'auto' (default: until validation plateaus) or epochs over L."),
     imgsz: Optional[int] = typer.Option(None, help="Train/val image size in pixels (640; 256 for the sample data)."),
     batch: Optional[int] = typer.Option(None, help="Total labeled batch size (16)."),
     device: Optional[str] = typer.Option(None, help="cpu (default), 0, or 0,1,... (several GPUs run DDP)."),
@@ -84,6 +96,8 @@ def train(
             name=name, exist_ok=exist_ok, workers=workers, amp=amp, patience=patience,
         )
         changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+        if burn_in is not None:
+            changes["burn_in"] = _burn_in(burn_in)
         if resume is not None and epochs is None:
             changes["epochs"] = 0  # 0 = keep the resumed run's own epoch count
         if thresholds is not None:

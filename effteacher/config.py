@@ -60,8 +60,8 @@ class LossConfig:
 class OptimConfig:
     """Optimizer and LR schedule (YOLOv5 defaults)."""
 
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr0: float = 0.01
+    optimizer: Literal["auto", "sgd", "adamw"] = "auto"  # auto: AdamW below 10k planned iterations, else SGD
+    lr0: float = 0.0  # 0 = auto: 0.01 for SGD, 0.002 for AdamW
     lrf: float = 0.01  # final LR = lr0 * lrf
     momentum: float = 0.937
     weight_decay: float = 5e-4
@@ -70,7 +70,8 @@ class OptimConfig:
     warmup_bias_lr: float = 0.1
     cos_lr: bool = False
     nbs: int = 64  # nominal batch size: gradients are accumulated up to it
-    ema_decay: float = 0.9999  # model EMA of supervised training (ramped like YOLOv5)
+    ema_decay: float = 0.9999  # largest decay of the model EMA (YOLOv5's); the window scales with the run
+    ema_window: int = 0  # EMA averaging window in iterations; 0 = auto (10% of the run, 20% of the burn-in patience)
 
 
 @dataclass(frozen=True)
@@ -88,17 +89,34 @@ class SSODConfig:
     # Reliable pseudo boxes train the class head on the teacher's class probabilities instead of its
     # argmax one-hot (off = METHOD.md's hard targets); for teachers that localise well but misclassify.
     soft_cls: bool = False
+    # What the thresholds split: "joint" = obj x class probability (METHOD.md), "obj" = the teacher's
+    # objectness alone decides reliable / uncertain / background, and the class probability gates only
+    # the class loss (cls_thres). For teachers that find objects before they name them right.
+    score: Literal["joint", "obj"] = "joint"
+    cls_thres: float = 0.0  # a reliable box trains the class head only where the teacher's class probability >= this
+    agnostic_nms: bool = False  # class-agnostic teacher NMS (one box per object instead of one per class)
     tau1: float = 0.1  # low threshold (fixed strategy, and the start value of the others)
     tau2: float = 0.6  # high threshold
     nms_iou: float = 0.65
     obj_box_thres: float = 0.99  # uncertain boxes get a box loss only above this teacher objectness
     thresholds: Literal["adaptor", "fixed", "gmm"] = "adaptor"
     ea_alpha: float = 0.6  # Epoch Adaptor: tau2 keeps the top alpha of the expected boxes
-    domain_adapt: bool = True
+    domain_adapt: bool = False  # one distribution for L and U: measured neutral (benchmarks/RESULTS.md)
     lambda_da: float = 0.1
-    teacher_decay: float = 0.999  # EMA decay of the teacher after burn-in
+    teacher_decay: float = 0.0  # EMA decay of the teacher after burn-in; 0 = auto (0.99-0.999 by SSOD length)
     flip_teacher: bool = False  # Humble Teacher flip ensemble
     unlabeled_ratio: int = 1  # unlabeled images per labeled image in a batch
+
+
+@dataclass(frozen=True)
+class SchedConfig:
+    """Schedules in iterations (labeled batches in burn-in), used by ``burn_in: auto`` and ``epochs: 0``."""
+
+    min_steps: int = 500  # auto burn-in: at least this many iterations
+    max_steps: int = 20000  # ... and at most this many
+    patience_steps: int = 1000  # hand over once validation fitness has not improved for this many iterations
+    val_steps: int = 100  # validate about every this many iterations during an auto burn-in
+    ssod_factor: float = 2.0  # epochs: 0 -> the SSOD phase runs this many times the burn-in's iterations
 
 
 @dataclass(frozen=True)
@@ -109,8 +127,8 @@ class TrainConfig:
     model: str = "n"
     labeled: str = "10%"
     supervised: bool = False
-    epochs: int = 30
-    burn_in: int = 10
+    epochs: int = 0  # 0 = auto: burn-in to a plateau, then ssod_factor x as long in SSOD (supervised: to the plateau)
+    burn_in: int | str = "auto"  # supervised epochs before SSOD, or 'auto' (until validation plateaus)
     imgsz: int = 640
     batch: int = 16
     device: str = "cpu"
@@ -129,6 +147,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     ssod: SSODConfig = field(default_factory=SSODConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
 
 
 def sample_profile() -> dict[str, Any]:
@@ -148,15 +167,22 @@ def sample_profile() -> dict[str, Any]:
     }
 
 
+def sample_large_profile() -> dict[str, Any]:
+    """Defaults for the generated ``sample-large`` set: its native 160 px, no flips (digits); schedules auto."""
+    return {"imgsz": 160, "batch": 16, "aug.fliplr": 0.0, "aug.weak_fliplr": 0.0, "aug.strong_fliplr": 0.0}
+
+
 def defaults_for(data: str | None) -> "TrainConfig":
-    """TrainConfig defaults for a dataset: the sample profile for 'sample', YOLOv5's otherwise."""
+    """TrainConfig defaults for a dataset: the profile of a bundled dataset, YOLOv5's (auto schedules) otherwise."""
     cfg = TrainConfig()
     if data in (None, "sample"):
         cfg = replace(cfg, **sample_profile())
+    elif data == "sample-large":
+        cfg = replace(cfg, **sample_large_profile())
     return cfg
 
 
-_NESTED = {"aug": AugmentConfig, "loss": LossConfig, "optim": OptimConfig, "ssod": SSODConfig}
+_NESTED = {"aug": AugmentConfig, "loss": LossConfig, "optim": OptimConfig, "ssod": SSODConfig, "sched": SchedConfig}
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

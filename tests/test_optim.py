@@ -64,7 +64,7 @@ def test_param_groups_skip_frozen_and_shared():
 
 @pytest.mark.parametrize("batch,wd_expected", [(16, 5e-4 * 16 * 4 / 64), (64, 5e-4), (24, 5e-4 * 24 * 3 / 64)])
 def test_sgd_groups_and_decay(batch, wd_expected):
-    opt = build_optimizer(_net(), OptimConfig(), batch)
+    opt = build_optimizer(_net(), OptimConfig(optimizer="sgd", lr0=0.01), batch)
     assert isinstance(opt, torch.optim.SGD)
     assert [g["name"] for g in opt.param_groups] == ["bias", "decay", "no_decay"]
     g = _groups(opt)
@@ -119,7 +119,7 @@ def test_warmup_accumulate_ramp():
 
 
 def test_apply_warmup_start_middle_end():
-    cfg = OptimConfig(lr0=0.01, warmup_bias_lr=0.1, warmup_momentum=0.8, momentum=0.937)
+    cfg = OptimConfig(optimizer="sgd", lr0=0.01, warmup_bias_lr=0.1, warmup_momentum=0.8, momentum=0.937)
     opt = build_optimizer(_net(), cfg, 16)
     build_scheduler(opt, cfg, 10)  # sets initial_lr
     lf0 = lr_lambda(cfg, 10)(0)
@@ -148,7 +148,7 @@ def test_apply_warmup_adamw_betas():
 
 
 def test_scheduler_steps_per_epoch():
-    cfg = OptimConfig(lr0=0.01, lrf=0.01)
+    cfg = OptimConfig(optimizer="sgd", lr0=0.01, lrf=0.01)
     opt = build_optimizer(_net(), cfg, 16)
     sch = build_scheduler(opt, cfg, 4)
     lrs = []
@@ -161,7 +161,7 @@ def test_scheduler_steps_per_epoch():
 
 
 def test_optimizer_scheduler_state_roundtrip(tmp_path):
-    cfg = OptimConfig(lr0=0.01)
+    cfg = OptimConfig(optimizer="sgd", lr0=0.01)
     net = _net()
     opt = build_optimizer(net, cfg, 16)
     sch = build_scheduler(opt, cfg, 10)
@@ -196,7 +196,7 @@ def test_optimizer_scheduler_state_roundtrip(tmp_path):
 
 
 def test_resume_with_more_epochs_uses_new_lambda():
-    cfg = OptimConfig(lr0=0.01, lrf=0.01)
+    cfg = OptimConfig(optimizer="sgd", lr0=0.01, lrf=0.01)
     opt = build_optimizer(_net(), cfg, 16)
     sch = build_scheduler(opt, cfg, 4)
     for _ in range(4):

@@ -161,8 +161,9 @@ def test_hidden_labels_never_reach_training(tiny_data, tmp_path, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("extra", [{"thresholds": "adaptor", "soft_cls": True},
-                                   {"thresholds": "gmm", "flip_teacher": True, "domain_adapt": False, "density_norm": False}])
+@pytest.mark.parametrize("extra", [{"thresholds": "adaptor", "soft_cls": True, "domain_adapt": True},
+                                   {"thresholds": "gmm", "flip_teacher": True, "domain_adapt": False, "density_norm": False,
+                                        "score": "obj", "cls_thres": 0.5, "agnostic_nms": True}])
 def test_ssod_threshold_strategies_run(tiny_data, tmp_path, extra):
     import yaml
 
@@ -174,5 +175,5 @@ def test_ssod_threshold_strategies_run(tiny_data, tmp_path, extra):
     last = torch.load(tmp_path / "s/weights/last.pt", weights_only=True)
     assert last["args"]["ssod"]["thresholds"] == extra["thresholds"]
     assert last["train_state"]["thresholds"]["kind"] == extra["thresholds"]
-    assert (last["train_state"]["disc"] is None) == (not extra.get("domain_adapt", True))
+    assert (last["train_state"]["disc"] is None) == (not extra["domain_adapt"])
     assert last["args"]["ssod"]["soft_cls"] == extra.get("soft_cls", False)

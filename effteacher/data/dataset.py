@@ -13,10 +13,10 @@ import numpy as np
 from PIL import Image
 
 from effteacher.data.records import ImageRecord
-from effteacher.data.spec import default_cache_dir, img2label_path, is_coco_json, read_coco, resolve_images
+from effteacher.data.spec import img2label_path, is_coco_json, read_coco, resolve_images
 from effteacher.errors import DatasetError
 from effteacher.utils.boxes import xywh2xyxy, xyxy2xywh
-from effteacher.utils.files import atomic_write
+from effteacher.utils.files import atomic_write, default_cache_dir
 
 CACHE_VERSION = "1"
 COORD_TOL = 1e-3  # coordinates up to this far outside 0-1 are clipped, further is an error

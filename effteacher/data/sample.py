@@ -1,4 +1,9 @@
-"""Deterministic generator of the bundled sample dataset: digits 0-9 on cluttered, textured backgrounds."""
+"""Deterministic generators of the bundled datasets: digits on cluttered, textured backgrounds.
+
+``sample`` (10 digit classes, 500 train images at 256 px) is the quick demo; ``sample-large`` (4 digit
+classes, 3,000 train images at 160 px, other digits as unlabeled clutter) is the users' regime of
+a few hundred labeled images and thousands of unlabeled ones.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +18,10 @@ import cv2
 import numpy as np
 import yaml
 
-from effteacher.data.spec import default_cache_dir
 from effteacher.errors import DatasetError
+from effteacher.utils.files import default_cache_dir
 
 SAMPLE_DIR = "sample-v2"
-NAMES = [str(i) for i in range(10)]
 FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_PLAIN, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX,
          cv2.FONT_HERSHEY_TRIPLEX, cv2.FONT_HERSHEY_SCRIPT_SIMPLEX, cv2.FONT_HERSHEY_SCRIPT_COMPLEX)
 # Letters that do not look like a digit (no O, I, l, S, Z, B, G, b, g, q ...): unlabeled distractors.
@@ -36,6 +40,23 @@ class SampleConfig:
     min_digit: float = 20.0  # digit height range in pixels (log-uniform)
     max_digit: float = 72.0
     max_digits: int = 5
+    digits: tuple[int, ...] = tuple(range(10))  # the classes, in order (class i = digit digits[i])
+    digit_distractors: bool = False  # paint other digits (not in ``digits``) as unlabeled clutter
+    folder: str = SAMPLE_DIR  # default folder under $EFFTEACHER_CACHE
+    yaml_name: str = "sample.yaml"
+
+    @property
+    def names(self) -> list[str]:
+        return [str(d) for d in self.digits]
+
+
+# The bundled datasets by --data name. sample-large's difficulty was fixed before any SSOD run on it.
+BUILTIN: dict[str, SampleConfig] = {
+    "sample": SampleConfig(),
+    "sample-large": SampleConfig(n_train=3000, n_val=500, imgsz=160, seed=1, background_frac=0.05, min_digit=14.0,
+                                 max_digit=48.0, max_digits=4, digits=(3, 5, 6, 8), digit_distractors=True,
+                                 folder="sample-large-v1", yaml_name="sample-large.yaml"),
+}
 
 
 def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -137,15 +158,15 @@ def _contrasting(rng: np.random.Generator, bg: np.ndarray) -> np.ndarray:
     return best
 
 
-def _distractors(rng: np.random.Generator, img: np.ndarray, n: int) -> None:
-    """Unlabeled clutter: letters, lines, ellipses and blobs in random colours, in place."""
+def _distractors(rng: np.random.Generator, img: np.ndarray, n: int, chars: str = DISTRACTOR_CHARS) -> None:
+    """Unlabeled clutter: letters (from ``chars``), lines, ellipses and blobs in random colours, in place."""
     s = img.shape[0]
+    lo, hi = np.log(14 * s / 256), np.log(70 * s / 256)
     for _ in range(n):
         color = tuple(float(v) for v in rng.uniform(0, 255, 3))
         kind = rng.integers(4)
         if kind == 0:
-            m = _warp(rng, _text_mask(rng, str(DISTRACTOR_CHARS[rng.integers(len(DISTRACTOR_CHARS))])),
-                      float(np.exp(rng.uniform(np.log(14), np.log(70)))))
+            m = _warp(rng, _text_mask(rng, str(chars[rng.integers(len(chars))])), float(np.exp(rng.uniform(lo, hi))))
             h, w = m.shape
             if h < s and w < s:
                 x, y = int(rng.integers(0, s - w)), int(rng.integers(0, s - h))
@@ -169,12 +190,16 @@ def render_image(rng: np.random.Generator, cfg: SampleConfig, bank: tuple[np.nda
     """One image: (img (S, S, 3) uint8 BGR, labels (n, 5) [cls, cx, cy, w, h] norm). Boxes are the tight ink box."""
     s = cfg.imgsz
     img = _background(rng, s)
-    _distractors(rng, img, int(rng.integers(1, 5)))
+    chars = DISTRACTOR_CHARS
+    if cfg.digit_distractors:
+        chars += "".join(str(d) for d in range(10) if d not in cfg.digits)
+    _distractors(rng, img, int(rng.integers(1, 5)), chars)
     boxes: list[tuple[int, int, int, int]] = []
     labels = []
     n = 0 if background else int(rng.integers(1, cfg.max_digits + 1))
     for _ in range(n):
-        digit = int(rng.integers(10))
+        k = int(rng.integers(len(cfg.digits)))
+        digit = cfg.digits[k]
         height = min(float(np.exp(rng.uniform(np.log(cfg.min_digit), np.log(cfg.max_digit)))), 0.45 * s)
         m = _warp(rng, _digit_mask(rng, digit, bank), height)
         h, w = m.shape
@@ -191,16 +216,16 @@ def render_image(rng: np.random.Generator, cfg: SampleConfig, bank: tuple[np.nda
         bg = img[y:y + h, x:x + w].reshape(-1, 3).mean(0)
         _paint(img, m, x, y, _contrasting(rng, bg), rng.uniform(0.8, 1.0))
         boxes.append((x, y, w, h))
-        labels.append([digit, (x + w / 2) / s, (y + h / 2) / s, w / s, h / s])
+        labels.append([k, (x + w / 2) / s, (y + h / 2) / s, w / s, h / s])
     if rng.random() < 0.3:  # a little clutter over the digits (partial occlusion)
-        _distractors(rng, img, 1)
+        _distractors(rng, img, 1, chars)
     if rng.random() < 0.3:
         img = cv2.GaussianBlur(img, (3, 3), 0)
     return np.clip(img, 0, 255).astype(np.uint8), np.array(labels, np.float64).reshape(-1, 5)
 
 
 def generate(root: Path, cfg: SampleConfig = SampleConfig(), progress: bool = True) -> Path:
-    """Write ``images/{train,val}``, ``labels/{train,val}`` and ``sample.yaml`` under ``root``; return the YAML."""
+    """Write ``images/{train,val}``, ``labels/{train,val}`` and the dataset YAML under ``root``; return the YAML."""
     root = Path(root)
     bank = _sklearn_digits()
     jobs = [("train", i) for i in range(cfg.n_train)] + [("val", i) for i in range(cfg.n_val)]
@@ -230,8 +255,8 @@ def generate(root: Path, cfg: SampleConfig = SampleConfig(), progress: bool = Tr
     else:
         for job in jobs:
             one(job)
-    data = {"path": ".", "train": "images/train", "val": "images/val", "names": dict(enumerate(NAMES))}
-    yaml_path = root / "sample.yaml"
+    data = {"path": ".", "train": "images/train", "val": "images/val", "names": dict(enumerate(cfg.names))}
+    yaml_path = root / cfg.yaml_name
     yaml_path.write_text("# effteacher sample dataset: generated (deterministic, no download) by "
                          "effteacher.data.sample\n" + yaml.safe_dump(data, sort_keys=False))
     return yaml_path
@@ -248,16 +273,16 @@ def _pid_alive(pid: int) -> bool:
 
 
 def ensure_sample(root: str | Path | None = None, cfg: SampleConfig = SampleConfig()) -> Path:
-    """Generate the sample dataset once (into ``$EFFTEACHER_CACHE/sample-v2`` by default); return its YAML.
+    """Generate a bundled dataset once (into ``$EFFTEACHER_CACHE/<cfg.folder>`` by default); return its YAML.
 
     Generation goes to a hidden partial folder renamed into place with a completion marker, so a
     killed generation is redone and concurrent processes never see half a dataset.
     """
-    root = Path(root).expanduser() if root is not None else default_cache_dir() / SAMPLE_DIR
+    root = Path(root).expanduser() if root is not None else default_cache_dir() / cfg.folder
     params = json.dumps(asdict(cfg), sort_keys=True)
     marker = root / ".complete"
     if marker.is_file() and marker.read_text() == params:
-        return root / "sample.yaml"
+        return root / cfg.yaml_name
     if root.exists():
         if marker.is_file():  # ours, generated with other parameters
             shutil.rmtree(root)
@@ -284,6 +309,6 @@ def ensure_sample(root: str | Path | None = None, cfg: SampleConfig = SampleConf
             raise
     from effteacher.utils.console import info
 
-    info(f"Sample dataset: {cfg.n_train} train + {cfg.n_val} val images at {cfg.imgsz} px generated in "
+    info(f"Dataset {cfg.folder}: {cfg.n_train} train + {cfg.n_val} val images at {cfg.imgsz} px generated in "
          f"{time.perf_counter() - t0:.1f}s -> {root}")
-    return root / "sample.yaml"
+    return root / cfg.yaml_name

@@ -14,16 +14,11 @@ import numpy as np
 import yaml
 
 from effteacher.errors import DatasetError
+from effteacher.utils.files import default_cache_dir
 
 IMG_FORMATS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 ALLOWED_KEYS = ("path", "train", "val", "test", "unlabeled", "names", "nc", "generate", "download")
 SPLIT_KEYS = ("train", "val", "test", "unlabeled")
-
-
-def default_cache_dir() -> Path:
-    """``$EFFTEACHER_CACHE`` or ``~/.cache/effteacher`` (read at call time, never at import)."""
-    env = os.environ.get("EFFTEACHER_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "effteacher"
 
 
 @dataclass(frozen=True)
@@ -212,14 +207,14 @@ def _has_image(src: Path) -> bool:
 
 def load_spec(data: str | Path) -> DatasetSpec:
     """Parse a dataset YAML (or ``'sample'``, generated on first use) into absolute sources and names."""
-    if str(data) == "sample":
-        from effteacher.data.sample import ensure_sample
+    from effteacher.data.sample import BUILTIN, ensure_sample
 
-        data = ensure_sample()
+    if str(data) in BUILTIN:
+        data = ensure_sample(cfg=BUILTIN[str(data)])
     yaml_path = Path(data).expanduser()
     if not yaml_path.is_file():
         raise DatasetError(f"dataset YAML '{data}' not found; pass the path of a dataset YAML "
-                           "(path/train/val/names) or 'sample' for the bundled sample dataset")
+                           "(path/train/val/names), or 'sample' / 'sample-large' for a bundled generated dataset")
     try:
         d = yaml.safe_load(yaml_path.read_text())
     except (OSError, yaml.YAMLError) as e:
@@ -236,11 +231,10 @@ def load_spec(data: str | Path) -> DatasetSpec:
     root = root if root.is_absolute() else (yaml_path.parent / root)
     root = Path(os.path.abspath(root))
     if d.get("generate") is not None:
-        if d["generate"] != "sample":
-            raise DatasetError(f"{yaml_path}: generate: {d['generate']!r} is unknown; only 'sample' exists")
-        from effteacher.data.sample import ensure_sample
-
-        ensure_sample(root)
+        if d["generate"] not in BUILTIN:
+            raise DatasetError(f"{yaml_path}: generate: {d['generate']!r} is unknown; use one of "
+                               f"{', '.join(BUILTIN)}")
+        ensure_sample(root, BUILTIN[d["generate"]])
     if not root.is_dir():
         how = (" This YAML has a 'download' entry: effteacher never downloads; fetch the data yourself"
                if d.get("download") else " Create it or fix 'path'")

@@ -186,7 +186,7 @@ class TrainProgress:
 
     def _line(self, means: Mapping[str, float], instances: int, size: int) -> str:
         vals = progress_values(means)
-        cells = [f"{self.epoch + 1}/{self.epochs}", f"{memory_gb():.3g}G"]
+        cells = [f"{self.epoch + 1}/{self.epochs}" if self.epochs > 0 else f"{self.epoch + 1}", f"{memory_gb():.3g}G"]
         cells += ["-" if vals[k] is None else f"{vals[k]:.4g}" for k in PROGRESS_KEYS]
         cells += [str(int(instances)), str(int(size))]
         return "".join(f"{c:>{_W}}" for c in cells)

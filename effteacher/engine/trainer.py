@@ -25,7 +25,7 @@ from effteacher.engine.setup import (
 from effteacher.errors import EffTeacherError
 
 CSV_COLUMNS = [
-    "epoch", "time", "train/box_loss", "train/obj_loss", "train/cls_loss",
+    "epoch", "time", "train/iterations", "train/box_loss", "train/obj_loss", "train/cls_loss",
     "unsup/box_loss", "unsup/obj_loss", "unsup/cls_loss", "unsup/da_loss",
     "pseudo/reliable", "pseudo/uncertain", "pseudo/tau1", "pseudo/tau2", "pseudo/precision", "pseudo/recall",
     "pseudo/precision_agnostic",
@@ -89,8 +89,8 @@ class Trainer:
         dist.seed_everything(cfg.seed, ctx.rank)
         self.data = load_train_data(cfg, self.run_dir, self.resume_ckpt is not None, ctx.is_main)
         self.ssod = not cfg.supervised
-        self._build_model()
         self._build_loaders()
+        self._build_model()
         self._build_optim()
         if self.resume_ckpt is not None:
             self._restore(self.resume_ckpt)
@@ -107,6 +107,7 @@ class Trainer:
         from effteacher.models.anchors import check_anchors
         from effteacher.models.build import build_model
         from effteacher.ssod.domain import DomainDiscriminator
+        from effteacher.engine.schedule import EpochPlan, ema_schedule
         from effteacher.ssod.teacher import ModelEMA
 
         cfg, nc = self.cfg, len(self.data.names)
@@ -116,7 +117,9 @@ class Trainer:
         if self.resume_ckpt is None:
             check_anchors(model, labeled_box_sizes(self.data.labeled, cfg.imgsz), cfg.imgsz)
         self.model = model.to(self.device)
-        self.ema = ModelEMA(self.model, decay=cfg.optim.ema_decay)
+        nb_ssod = len(self.unlabeled_loader) if self.unlabeled_loader is not None else len(self.labeled_loader)
+        self.plan = EpochPlan(cfg, self.ssod, len(self.labeled_loader), nb_ssod)
+        self.ema = ModelEMA(self.model, *ema_schedule(self.plan.ema_window(), cfg.optim.ema_decay))
         s = cfg.ssod
         self.loss_sup = DetectionLoss(self.model, cfg.loss, cfg.imgsz)
         self.loss_unsup = DetectionLoss(self.model, cfg.loss, cfg.imgsz, gains=(s.unsup_box, s.unsup_obj, s.unsup_cls))
@@ -160,7 +163,11 @@ class Trainer:
         bs = max(cfg.batch // ctx.world_size, 1)
         self.labeled_ds = LabeledDataset(self.data.labeled, cfg.imgsz, cfg.aug, augment=True, cache=cfg.cache, seed=cfg.seed)
         self.labeled_loader = build_loader(self.labeled_ds, bs, cfg.workers, True, cfg.seed, ctx.rank, ctx.world_size)
-        self.labeled_stream = InfiniteLoader(self.labeled_loader, epoch=cfg.burn_in)  # no draws shared with burn-in
+        # The SSOD phase's labeled stream drops the last partial batch (a 2-image labeled half next to
+        # 16 unlabeled images would weigh the labels down); its epochs are numbered apart from burn-in's.
+        full = len(self.labeled_ds) >= bs * ctx.world_size
+        stream = build_loader(self.labeled_ds, bs, cfg.workers, True, cfg.seed, ctx.rank, ctx.world_size, drop_last=full)
+        self.labeled_stream = InfiniteLoader(stream, epoch=10_000)
         self.unlabeled_loader = None
         if self.ssod:
             self.unlabeled_ds = UnlabeledDataset(self.data.unlabeled, cfg.imgsz, cfg.aug, seed=cfg.seed + 1)
@@ -178,24 +185,26 @@ class Trainer:
                                    device=self.device) if ctx.is_main else None
 
     def _build_optim(self) -> None:
-        from effteacher.engine.optim import accumulate_steps, build_optimizer, build_scheduler, warmup_iters
+        import dataclasses
+
+        from torch.optim.lr_scheduler import LambdaLR
+
+        from effteacher.engine.optim import build_optimizer, warmup_iters
+        from effteacher.engine.schedule import lr_fn, resolve_optimizer
 
         cfg = self.cfg
         params = nn.ModuleDict({"model": self.model})
         if self.disc is not None:
             params["disc"] = self.disc.module if hasattr(self.disc, "module") else self.disc
-        self.accumulate = accumulate_steps(cfg.batch, cfg.optim.nbs)
-        self.optimizer = build_optimizer(params, cfg.optim, cfg.batch)
+        name, lr0 = resolve_optimizer(cfg.optim, self.plan.planned)
+        self.optim_cfg = dataclasses.replace(cfg.optim, optimizer=name, lr0=lr0)
+        self.optimizer = build_optimizer(params, self.optim_cfg, cfg.batch)
         self.start_epoch, self.best_fitness, self.best_epoch, self.iteration = 0, -1.0, -1, 0
         self._epoch_done = 0
-        nb_burn = len(self.labeled_loader)
-        nb_ssod = len(self.unlabeled_loader) if self.unlabeled_loader is not None else nb_burn
-        burn = min(cfg.burn_in, cfg.epochs) if self.ssod else cfg.epochs
-        total = burn * nb_burn + (cfg.epochs - burn) * nb_ssod
-        # The LR follows iterations, not epochs: a burn-in epoch (one pass over L) is much shorter
-        # than an SSOD epoch (one pass over U), so an epoch schedule would starve the SSOD phase.
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim, max(-(-total // self.accumulate), 1))
-        self.n_warmup = warmup_iters(cfg.optim, nb_burn, cap=max(total // 4, 1))
+        # The LR follows optimizer steps, not epochs: a burn-in epoch (one pass over L) is much shorter than
+        # an SSOD epoch (one pass over U). Auto burn-in: constant LR until the hand-over, then it decays.
+        self.scheduler = LambdaLR(self.optimizer, lr_lambda=lr_fn(lambda: self.plan.lr_span, self.optim_cfg))
+        self.n_warmup = warmup_iters(self.optim_cfg, self.plan.nb_burn, cap=self.plan.warmup_cap())
 
     # ------------------------------------------------------------------------------ the loop
     def fit(self) -> Path:
@@ -209,12 +218,13 @@ class Trainer:
             csv.truncate(self.start_epoch)  # drops rows past last.pt (and an old run's rows with --exist-ok)
         if ctx.is_main and self.start_epoch == 0:
             self._plot_labels()
-        for epoch in range(self.start_epoch, cfg.epochs):
+        epoch = self.start_epoch
+        while epoch < self.plan.last_epoch():
             t0 = time.time()
-            ssod_epoch = self.ssod and epoch >= cfg.burn_in
-            if ssod_epoch and epoch == cfg.burn_in:
+            ssod_epoch = self.ssod and not self.plan.in_burn_in(epoch)
+            if ssod_epoch and epoch == self.plan.burn:
                 self._hand_over()
-            if cfg.aug.close_mosaic and epoch >= cfg.epochs - cfg.aug.close_mosaic:
+            if cfg.aug.close_mosaic and self.plan.end and epoch >= self.plan.end - cfg.aug.close_mosaic:
                 self.labeled_ds.set_mosaic(False)
             means = self._ssod_epoch(epoch) if ssod_epoch else self._supervised_epoch(epoch)
             if ssod_epoch:
@@ -222,8 +232,9 @@ class Trainer:
             stop = False
             if ctx.is_main:
                 stop = self._end_epoch(epoch, means, time.time() - t0, csv, ssod_epoch)
-            if self._broadcast_stop(stop):
+            if self._sync_decisions(stop):
                 break
+            epoch += 1
         if ctx.is_main:
             self._finish()
             info(f"Results saved to [bold]{self.run_dir}[/bold]; best weights: {self.wdir / 'best.pt'}")
@@ -235,7 +246,7 @@ class Trainer:
 
         _set_loader_epoch(self.labeled_loader, epoch)
         nb = len(self.labeled_loader)
-        prog = TrainProgress(epoch, self.cfg.epochs, nb, enabled=self.ctx.is_main)
+        prog = TrainProgress(epoch, self.plan.end or 0, nb, enabled=self.ctx.is_main)
         sums: dict[str, float] = {}
         for i, (imgs, targets, paths, _) in enumerate(self.labeled_loader):
             x, targets = self._to_input(imgs), targets.to(self.device)
@@ -256,11 +267,11 @@ class Trainer:
         assert self.unlabeled_loader is not None
         _set_loader_epoch(self.unlabeled_loader, epoch)
         nb = len(self.unlabeled_loader)
-        prog = TrainProgress(epoch, self.cfg.epochs, nb, enabled=self.ctx.is_main)
+        prog = TrainProgress(epoch, self.plan.end or 0, nb, enabled=self.ctx.is_main)
         sums: dict[str, float] = {}
         for i, unl in enumerate(self.unlabeled_loader):
             lab = next(self.labeled_stream)
-            loss, items = self._ssod_step(lab, unl, plot=i < 3 and self.ctx.is_main and epoch == self.cfg.burn_in, index=i)
+            loss, items = self._ssod_step(lab, unl, plot=i < 3 and self.ctx.is_main and epoch == self.plan.burn, index=i)
             self._backward_step(loss, epoch, i, nb)
             self._accumulate(sums, items)
             prog.update({k: v / (i + 1) for k, v in sums.items()}, lab[1].shape[0], lab[0].shape[-1])
@@ -269,74 +280,29 @@ class Trainer:
 
     def _ssod_step(self, lab: tuple, unl: tuple, plot: bool, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         """Teacher pseudo labels on the weak view (no grad) -> student losses on labeled + strong."""
-        from effteacher.ssod.domain import domain_loss
+        from effteacher.engine.ssod_step import observed_scores, pseudo_quality, student_losses, teacher_predict
         from effteacher.ssod.pseudo import assign_pseudo_labels
 
         s = self.cfg.ssod
         imgs_l, targets_l = lab[0], lab[1].to(self.device)
         weak, strong, M, _, hidden = unl
         x_l, x_w, x_s = self._to_input(imgs_l), self._to_input(weak), self._to_input(strong)
-        dets = self._teacher_predict(x_w)
+        # Scores are collected from a low fixed floor so the Epoch Adaptor sees the full distribution.
+        floor = min(0.05, float(self.thresholds.tau1.min()))
+        dets = teacher_predict(self.ema.module, x_w, s, floor, self.amp)
         tau1, tau2 = self.thresholds.tau1.to(self.device), self.thresholds.tau2.to(self.device)
-        targets_u, stats = assign_pseudo_labels(dets, M.to(self.device), tuple(x_s.shape[-2:]), tau1, tau2, s.obj_box_thres,
-                                                soft_cls=s.soft_cls)
-        all_dets = torch.cat(dets, 0)
-        self.thresholds.observe(all_dets[:, 4].detach().cpu(), all_dets[:, 5].detach().cpu().long())
-        bl = x_l.shape[0]
-        with torch.autocast(self.device.type, enabled=self.amp):
-            raw, feats = self.train_model(torch.cat([x_l, x_s], 0), return_features=True)
-            loss_l, items_l = self.loss_sup([r[:bl] for r in raw], targets_l)
-            expected = self.labeled_density * x_s.shape[0] if s.density_norm else None
-            loss_u, items_u = self.loss_unsup([r[bl:] for r in raw], targets_u, expected_targets=expected)
-            loss = loss_l + s.lambda_u * loss_u
-            da = torch.zeros((), device=self.device)
-            if self.disc is not None:
-                da = domain_loss(self.disc, [f[:bl] for f in feats], [f[bl:] for f in feats]) * bl
-                loss = loss + s.lambda_da * da
-        items: dict[str, Any] = {
-            "box": items_l["box"], "obj": items_l["obj"], "cls": items_l["cls"],
-            "ubox": items_u["box"], "uobj": items_u["obj"], "ucls": items_u["cls"], "da": da.detach() / bl,
-            "reliable": stats["n_reliable"], "uncertain": stats["n_uncertain"],
-        }
+        targets_u, stats = assign_pseudo_labels(dets, M.to(self.device), tuple(x_s.shape[-2:]), tau1, tau2,
+                                                s.obj_box_thres, soft_cls=s.soft_cls, score_mode=s.score,
+                                                cls_thres=s.cls_thres)
+        self.thresholds.observe(*observed_scores(dets, s))
+        out = student_losses(self.train_model, x_l, targets_l, x_s, targets_u, self.loss_sup, self.loss_unsup,
+                             self.disc, s, self.labeled_density, self.amp, 1.0)
+        items: dict[str, Any] = {**out.items, "reliable": stats["n_reliable"], "uncertain": stats["n_uncertain"]}
         if self.data.hidden_labels_known:
-            items.update(self._pseudo_quality(dets, hidden, x_w.shape[-2:], tau2))
+            items.update(pseudo_quality(dets, hidden, x_w.shape[-2:], tau2, s))
         if plot:
             self._plot_pseudo(weak, strong, dets, targets_u, index)
-        return loss, items
-
-    @torch.no_grad()
-    def _teacher_predict(self, x_w: torch.Tensor) -> list[torch.Tensor]:
-        from effteacher.engine.postprocess import non_max_suppression
-        from effteacher.models.head import decode
-        from effteacher.ssod.teacher import flip_ensemble_predict
-
-        teacher = self.ema.module
-        with torch.autocast(self.device.type, enabled=self.amp):
-            if self.cfg.ssod.flip_teacher:
-                pred = flip_ensemble_predict(teacher, x_w)
-            else:
-                pred = decode(teacher(x_w), teacher.anchors, teacher.stride)
-        # Scores are collected from a low fixed floor so the Epoch Adaptor sees the full
-        # distribution (a floor at tau1 would only let tau1 rise).
-        floor = min(0.05, float(self.thresholds.tau1.min()))
-        return non_max_suppression(pred.float(), conf_thres=floor, iou_thres=self.cfg.ssod.nms_iou, return_obj=True,
-                                   max_det=300, return_probs=self.cfg.ssod.soft_cls)
-
-    def _pseudo_quality(self, dets: list[torch.Tensor], hidden: torch.Tensor, hw: Any, tau2: torch.Tensor) -> dict[str, float]:
-        """Precision/recall (and class-agnostic precision) of reliable pseudo boxes vs the hidden labels: reporting only."""
-        from effteacher.ssod.metrics import pseudo_precision_recall
-        from effteacher.utils.boxes import xywhn2xyxy
-
-        h, w = int(hw[0]), int(hw[1])
-        img_idx = torch.cat([torch.full((d.shape[0],), i, device=d.device) for i, d in enumerate(dets)])
-        d = torch.cat(dets, 0)
-        keep = d[:, 4] >= tau2[d[:, 5].long()]
-        gt = hidden.to(self.device)
-        gt_xyxy = xywhn2xyxy(gt[:, 2:6], w, h)
-        args = (d[keep, :4], d[keep, 5].long(), img_idx[keep], gt_xyxy, gt[:, 1].long(), gt[:, 0].long())
-        p, r, *_ = pseudo_precision_recall(*args)
-        p_agn, *_ = pseudo_precision_recall(*args, ignore_class=True)
-        return {"precision": p, "recall": r, "precision_agnostic": p_agn}
+        return out.loss, items
 
     def _backward_step(self, loss: torch.Tensor, epoch: int, i: int, nb: int) -> None:
         """Backward; optimizer step every ``accumulate`` batches (and at the epoch's end); EMA update."""
@@ -349,9 +315,9 @@ class Trainer:
         self.iteration += 1
         if self.iteration <= self.n_warmup:
             apply_warmup(self.optimizer, self.iteration, self.n_warmup, self.scheduler.lr_lambdas[0](self.scheduler.last_epoch),
-                         self.cfg.optim)
+                         self.optim_cfg)
         self.scaler.scale(loss).backward()
-        if self.iteration % self.accumulate == 0 or i == nb - 1:
+        if self.iteration % self.plan.accumulate == 0 or i == nb - 1:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"] + self.optimizer.param_groups[1]["params"]
                                            + self.optimizer.param_groups[2]["params"], max_norm=10.0)
@@ -366,10 +332,16 @@ class Trainer:
         from effteacher.ssod.teacher import hand_over
         from effteacher.utils.console import info
 
+        from effteacher.engine.schedule import teacher_decay
+
+        p = self.plan
+        assert p.burn is not None and p.end is not None
         hand_over(self.model, self.ema)
-        self.ema.set_decay(self.cfg.ssod.teacher_decay, tau=0)
+        decay = teacher_decay(self.cfg.ssod.teacher_decay, p.ssod_updates())
+        self.ema.set_decay(decay, tau=0)
         if self.ctx.is_main:
-            info(f"burn-in done: student <- EMA weights, teacher = EMA (decay {self.cfg.ssod.teacher_decay})")
+            info(f"burn-in done after {p.burn} epochs ({p.iters_until(p.burn)} iterations): student <- EMA weights, "
+                 f"teacher = EMA (decay {decay:.4f}); {p.end - p.burn} SSOD epochs follow")
 
     def _end_threshold_epoch(self) -> dict[str, float]:
         """Recompute per-class thresholds from this epoch's teacher scores; returns the means used."""
@@ -381,26 +353,39 @@ class Trainer:
         return used
 
     def _end_epoch(self, epoch: int, means: dict[str, float], seconds: float, csv: Any, ssod_epoch: bool) -> bool:
-        """Validate the EMA/teacher, log, save last.pt and best.pt; returns True to stop early."""
+        """Validate the EMA/teacher, decide an auto burn-in, log, save last.pt and best.pt; True stops the run."""
         from effteacher.engine.logger import print_threshold_table
+        from effteacher.engine.schedule import burn_in_done, val_every_auto
 
         cfg = self.cfg
+        plan = self.plan
+        auto = plan.burn is None
+        every = val_every_auto(cfg.sched, plan.nb_burn) if auto else cfg.val_every
+        last = epoch + 1 >= plan.last_epoch()
         result = None
-        if ssod_epoch or (epoch + 1) % cfg.val_every == 0 or epoch + 1 in (cfg.epochs, cfg.burn_in):
+        if ssod_epoch or (epoch + 1) % every == 0 or last or epoch + 1 == plan.burn:
             result = self.evaluator.run(self.ema.module, save_dir=None, plots=False)
         metrics = result.as_dict() if result is not None else {}
         fitness = result.fitness() if result is not None else -1.0
         if fitness > self.best_fitness:
             self.best_fitness, self.best_epoch = fitness, epoch
+        stop = False
+        if auto and result is not None:
+            plan.plateau.update(fitness, self.iteration)
+            reason = burn_in_done(plan.plateau, self.iteration, cfg.sched, last_epoch=last)
+            if reason:
+                self._decided(epoch + 1, reason)
+                stop = not self.ssod
         row = {
-            "epoch": epoch + 1, "time": round(seconds, 2),
+            "epoch": epoch + 1, "time": round(seconds, 2), "train/iterations": self.iteration,
             "train/box_loss": means.get("box", 0.0), "train/obj_loss": means.get("obj", 0.0),
             "train/cls_loss": means.get("cls", 0.0), "unsup/box_loss": means.get("ubox", 0.0),
             "unsup/obj_loss": means.get("uobj", 0.0), "unsup/cls_loss": means.get("ucls", 0.0),
             "unsup/da_loss": means.get("da", 0.0), "pseudo/reliable": means.get("reliable", 0.0),
             "pseudo/uncertain": means.get("uncertain", 0.0), "pseudo/tau1": means.get("tau1", 0.0),
             "pseudo/tau2": means.get("tau2", 0.0), "pseudo/precision": means.get("precision", 0.0),
-            "pseudo/recall": means.get("recall", 0.0), "pseudo/precision_agnostic": means.get("precision_agnostic", 0.0), **{k: metrics.get(k, 0.0) for k in CSV_COLUMNS if k.startswith("metrics/")},
+            "pseudo/recall": means.get("recall", 0.0), "pseudo/precision_agnostic": means.get("precision_agnostic", 0.0),
+            **{k: metrics.get(k, 0.0) for k in CSV_COLUMNS if k.startswith("metrics/")},
             "lr": self.optimizer.param_groups[0]["lr"],
         }
         csv.log(row)
@@ -408,7 +393,29 @@ class Trainer:
             print_threshold_table(self.thresholds.tau1, self.thresholds.tau2, self.data.names)
             self._warn_pseudo(means)
         self._save(epoch, metrics, fitness == self.best_fitness and result is not None)
-        return epoch - self.best_epoch >= cfg.patience
+        patience_out = not auto and epoch - self.best_epoch >= cfg.patience
+        return stop or patience_out
+
+    def _decided(self, burn: int, reason: str) -> None:
+        """The auto burn-in ends after ``burn`` epochs: fix the plan and say why."""
+        from effteacher.utils.console import info
+
+        self.plan.reason = reason
+        self.plan.set_burn(burn)
+        if self.ctx.is_main:
+            what = "hand-over to SSOD" if self.ssod else "supervised training done"
+            info(f"{what} after epoch {burn} ({self.iteration} iterations): {reason}")
+
+    def _sync_decisions(self, stop: bool) -> bool:
+        """Share rank 0's stop flag and burn-in decision with every DDP rank."""
+        if self.ctx.world_size == 1:
+            return stop
+        from effteacher.engine import dist
+
+        stop, burn = dist.broadcast_object((stop, self.plan.burn), self.ctx)
+        if burn is not None and self.plan.end is None:
+            self.plan.set_burn(burn)
+        return bool(stop)
 
     def _warn_pseudo(self, means: dict[str, float]) -> None:
         from effteacher.utils.console import warn
@@ -424,7 +431,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------- checkpoints
     def _which(self) -> str:
-        return "teacher" if self.ssod and self._epoch_done >= self.cfg.burn_in else "ema"
+        done = self.plan.burn is not None and self._epoch_done >= self.plan.burn
+        return "teacher" if self.ssod and done else "ema"
 
     def _save(self, epoch: int, metrics: dict[str, float], is_best: bool) -> None:
         from effteacher.engine.checkpoint import make_checkpoint, save_checkpoint
@@ -442,8 +450,12 @@ class Trainer:
             "disc": (self.disc.module if hasattr(self.disc, "module") else self.disc).state_dict() if self.disc is not None else None,
             "epoch": epoch + 1, "best_fitness": self.best_fitness, "best_epoch": self.best_epoch,
             "iteration": self.iteration, "rng": _rng_state(), "labeled_stream": self.labeled_stream.state_dict(),
+            "burn_epochs": self.plan.burn, "plateau": [self.plan.plateau.best, self.plan.plateau.best_step],
+            "handover_reason": self.plan.reason,
         }
         save_checkpoint(self.wdir / "last.pt", {**deploy, "train_state": state})
+        if self.ssod and epoch + 1 == self.plan.burn:  # the burn-in state, to branch SSOD variants from
+            save_checkpoint(self.wdir / "burn_in.pt", {**deploy, "train_state": state})
         if is_best:
             save_checkpoint(self.wdir / "best.pt", deploy)
 
@@ -454,21 +466,25 @@ class Trainer:
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         self.scaler.load_state_dict(st["scaler"])
-        self.thresholds.load_state_dict(st["thresholds"])
+        if st.get("thresholds") is not None:
+            self.thresholds.load_state_dict(st["thresholds"])
         if self.disc is not None and st.get("disc") is not None:
             (self.disc.module if hasattr(self.disc, "module") else self.disc).load_state_dict(st["disc"])
         self.start_epoch, self.best_fitness, self.best_epoch = st["epoch"], st["best_fitness"], st["best_epoch"]
         self.iteration = st["iteration"]
         self.labeled_stream.load_state_dict(st["labeled_stream"])
         self._epoch_done = st["epoch"]
-        self.scheduler.base_lrs = [self.cfg.optim.lr0] * len(self.scheduler.base_lrs)
-        if self.ssod and self.start_epoch > self.cfg.burn_in:
-            self.ema.set_decay(self.cfg.ssod.teacher_decay, tau=0)
+        self.scheduler.base_lrs = [self.optim_cfg.lr0] * len(self.scheduler.base_lrs)
+        self.plan.plateau.best, self.plan.plateau.best_step = st.get("plateau", [-1.0, 0])
+        self.plan.reason = st.get("handover_reason", "")
+        if st.get("burn_epochs") is not None:  # the EMA's own state holds its (teacher) decay
+            self.plan.set_burn(int(st["burn_epochs"]))
         _set_rng_state(st["rng"])
         if self.ctx.is_main:
             from effteacher.utils.console import info
 
-            info(f"resuming {self.run_dir} from epoch {self.start_epoch + 1} of {self.cfg.epochs}")
+            of = f" of {self.plan.end}" if self.plan.end else " (burn-in until validation plateaus)"
+            info(f"resuming {self.run_dir} from epoch {self.start_epoch + 1}{of}")
 
     # ------------------------------------------------------------------------- small helpers
     def _to_input(self, imgs: torch.Tensor) -> torch.Tensor:
@@ -478,13 +494,6 @@ class Trainer:
     def _accumulate(sums: dict[str, float], items: dict[str, Any]) -> None:
         for k, v in items.items():
             sums[k] = sums.get(k, 0.0) + float(v)
-
-    def _broadcast_stop(self, stop: bool) -> bool:
-        if self.ctx.world_size == 1:
-            return stop
-        from effteacher.engine import dist
-
-        return bool(dist.broadcast_object(stop, self.ctx))
 
     def _plot_labels(self) -> None:
         from effteacher.utils.plots import plot_labels

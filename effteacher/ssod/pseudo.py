@@ -34,6 +34,8 @@ def assign_pseudo_labels(
     min_size: float = 2.0,
     min_visible: float = 0.5,
     soft_cls: bool = False,
+    score_mode: str = "joint",
+    cls_thres: float = 0.0,
 ) -> tuple[Tensor, dict[str, Any]]:
     """Split the teacher's detections into reliable / uncertain student targets (METHOD.md section 3).
 
@@ -47,6 +49,11 @@ def assign_pseudo_labels(
     - uncertain, ``tau1 < score < tau2``: ``w_cls=0``, ``w_box = obj > obj_box_thres``,
       ``obj_target = obj`` (soft);
     - ``score <= tau1``: dropped (background).
+
+    ``score_mode="obj"`` thresholds the teacher's objectness instead of the joint score (obj x class
+    probability), so a box the teacher finds but cannot name is not trained as background. In both
+    modes a reliable box trains the class head (``w_cls = 1``) only where the teacher's class
+    probability ``score / obj`` is at least ``cls_thres``.
 
     Returns ``targets`` (N, 9) float32 ``[img, cls, cx, cy, w, h, w_cls, w_box, obj_target]``
     (boxes normalised to the strong image) and ``stats``. With ``soft_cls`` the detections must be
@@ -71,7 +78,11 @@ def assign_pseudo_labels(
     all_dets = torch.cat([d if soft_cls else d[:, :7] for d in dets if d.numel()], 0)
     all_dets = all_dets.detach().float()
     img = torch.repeat_interleave(torch.arange(nb, device=device), counts)
-    score, cls, obj = all_dets[:, 4], all_dets[:, 5].long(), all_dets[:, 6]
+    joint, cls, obj = all_dets[:, 4], all_dets[:, 5].long(), all_dets[:, 6]
+    if score_mode not in ("joint", "obj"):
+        raise ValueError(f"assign_pseudo_labels: score_mode must be 'joint' or 'obj', got {score_mode!r}")
+    score = obj if score_mode == "obj" else joint
+    cls_prob = joint / obj.clamp(min=1e-9)
     h, w = strong_hw
 
     boxes = map_to_strong(all_dets[:, :4], img, M.to(device))
@@ -88,7 +99,7 @@ def assign_pseudo_labels(
 
     rel = reliable[keep]
     ones = torch.ones_like(score[keep])
-    w_cls = rel.float()
+    w_cls = (rel & (cls_prob[keep] >= cls_thres)).float()
     w_box = torch.where(rel, ones, (obj[keep] > obj_box_thres).float())
     obj_t = torch.where(rel, -ones, obj[keep])
     targets = torch.cat(

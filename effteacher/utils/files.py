@@ -9,6 +9,12 @@ from pathlib import Path
 from typing import Callable
 
 
+def default_cache_dir() -> Path:
+    """``$EFFTEACHER_CACHE`` or ``~/.cache/effteacher`` (read at call time, never at import)."""
+    env = os.environ.get("EFFTEACHER_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "effteacher"
+
+
 def increment_path(project: str | Path, name: str, exist_ok: bool = False, mkdir: bool = True) -> Path:
     """runs/train/exp -> runs/train/exp2, exp3, ... unless exist_ok (YOLOv5 habit)."""
     base = Path(project) / name

@@ -1,0 +1,115 @@
+"""Run an arm of a benchmark once (resumable), and branch SSOD variants from one saved burn-in state.
+
+Every run saves ``weights/burn_in.pt`` (the full training state at the hand-over). ``branch`` copies a
+run's folder up to that point, writes the variant's config overrides into the copied state's
+``args`` and resumes it: variants then share the weights, optimizer, LR position, split and RNG of
+the burn-in and differ only in their overrides (``ssod.lambda_u: 0`` is the no-pseudo-label control).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _done(run_dir: Path) -> dict[str, Any] | None:
+    f = run_dir / "done.json"
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def _finish(run_dir: Path, t0: float, prior: float) -> dict[str, Any]:
+    info = {"wall_s": round(prior + time.time() - t0, 1)}
+    (run_dir / "done.json").write_text(json.dumps(info))
+    return info
+
+
+def _elapsed(run_dir: Path) -> float:
+    f = run_dir / "elapsed.json"
+    return float(json.loads(f.read_text())["wall_s"]) if f.is_file() else 0.0
+
+
+def run_arm(project: Path, name: str, base: Any, **changes: Any) -> Path:
+    """Train ``base`` with ``changes`` into project/name, or resume it if it was killed, or skip it if done."""
+    from effteacher.config import replace
+    from effteacher.engine.trainer import train
+
+    run_dir = project / name
+    if _done(run_dir):
+        print(f"{run_dir}: done, reused", flush=True)
+        return run_dir
+    prior, t0 = _elapsed(run_dir), time.time()
+    if (run_dir / "weights/last.pt").is_file():
+        print(f"{run_dir}: resuming", flush=True)
+        cfg = replace(base, resume=str(run_dir), epochs=0, workers=base.workers)
+    else:
+        cfg = replace(base, project=str(project), name=name, exist_ok=True, **changes)
+    _track(run_dir, t0, prior, lambda: train(cfg))
+    return run_dir
+
+
+def branch(src: Path, dst: Path, overrides: dict[str, Any], base: Any, epochs: int | None = None) -> Path:
+    """SSOD from ``src``'s burn-in state with config ``overrides`` (dotted keys) into ``dst``; resumable.
+
+    ``epochs``: stop after this many epochs in all (burn-in included), e.g. a short ablation; None keeps
+    the source run's plan.
+    """
+    import torch
+
+    from effteacher.config import from_dict, replace, to_dict
+    from effteacher.engine.checkpoint import save_checkpoint
+    from effteacher.engine.trainer import train
+
+    if _done(dst):
+        print(f"{dst}: done, reused", flush=True)
+        return dst
+    prior, t0 = _elapsed(dst), time.time()
+    if not (dst / "weights/last.pt").is_file():
+        ck = torch.load(src / "weights/burn_in.pt", weights_only=True)
+        burn = int(ck["train_state"]["epoch"])
+        shutil.rmtree(dst, ignore_errors=True)
+        (dst / "weights").mkdir(parents=True)
+        shutil.copytree(src / "split", dst / "split")
+        with open(src / "results.csv") as f:
+            rows = list(csv.reader(f))
+        with open(dst / "results.csv", "w", newline="") as f:
+            csv.writer(f).writerows(rows[: burn + 1])
+        cfg = replace(from_dict(ck["args"]), project=str(dst.parent), name=dst.name, **overrides)
+        if epochs is not None:
+            cfg = replace(cfg, epochs=epochs)
+        ck["args"] = to_dict(cfg)
+        if "ssod.thresholds" in overrides:
+            ck["train_state"]["thresholds"] = None  # another strategy: start from its initial thresholds
+        save_checkpoint(dst / "weights/last.pt", ck)
+        (dst / "overrides.json").write_text(json.dumps(overrides))
+    cfg = replace(base, resume=str(dst), epochs=0)
+    _track(dst, t0, prior, lambda: train(cfg))
+    return dst
+
+
+def _track(run_dir: Path, t0: float, prior: float, fn: Any) -> None:
+    try:
+        fn()
+    finally:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "elapsed.json").write_text(json.dumps({"wall_s": prior + time.time() - t0}))
+    _finish(run_dir, t0, prior)
+
+
+def rows(run_dir: Path) -> list[dict[str, float]]:
+    """Validated rows of a run's results.csv (empty cells and unvalidated epochs dropped)."""
+    out = []
+    with open(run_dir / "results.csv") as f:
+        for r in csv.DictReader(f):
+            d = {k: float(v) for k, v in r.items() if v not in ("", None)}
+            if d.get("metrics/mAP50", 0.0) > 0:
+                out.append(d)
+    return out
+
+
+def wall_s(run_dir: Path) -> float:
+    d = _done(run_dir)
+    return float(d["wall_s"]) if d else _elapsed(run_dir)

@@ -1,0 +1,84 @@
+"""One SSOD iteration's pieces: teacher pseudo labels on the weak view, the student's losses, pseudo-label quality."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from effteacher.config import SSODConfig
+
+
+@torch.no_grad()
+def teacher_predict(teacher: nn.Module, x_w: torch.Tensor, s: SSODConfig, floor: float, amp: bool) -> list[torch.Tensor]:
+    """Teacher detections on the weak view: per image (n, 7) ``x1 y1 x2 y2 score cls obj`` (+ nc probabilities
+    with ``soft_cls``), NMS class-aware or class-agnostic (``s.agnostic_nms``), scores above ``floor``."""
+    from effteacher.engine.postprocess import non_max_suppression
+    from effteacher.models.head import decode
+    from effteacher.ssod.teacher import flip_ensemble_predict
+
+    with torch.autocast(x_w.device.type, enabled=amp):
+        if s.flip_teacher:
+            pred = flip_ensemble_predict(teacher, x_w)
+        else:
+            pred = decode(teacher(x_w), teacher.anchors, teacher.stride)
+    return non_max_suppression(pred.float(), conf_thres=floor, iou_thres=s.nms_iou, agnostic=s.agnostic_nms,
+                               return_obj=True, max_det=300, return_probs=s.soft_cls)
+
+
+def observed_scores(dets: list[torch.Tensor], s: SSODConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores, classes) the threshold strategy learns from: the score the assigner thresholds (joint or objectness)."""
+    d = torch.cat(dets, 0).detach().cpu()
+    return (d[:, 6] if s.score == "obj" else d[:, 4]), d[:, 5].long()
+
+
+def pseudo_quality(dets: list[torch.Tensor], hidden: torch.Tensor, hw: Any, tau2: torch.Tensor,
+                   s: SSODConfig) -> dict[str, float]:
+    """Precision/recall (and class-agnostic precision) of reliable pseudo boxes vs the hidden labels: reporting only."""
+    from effteacher.ssod.metrics import pseudo_precision_recall
+    from effteacher.utils.boxes import xywhn2xyxy
+
+    h, w = int(hw[0]), int(hw[1])
+    img_idx = torch.cat([torch.full((d.shape[0],), i, device=d.device) for i, d in enumerate(dets)])
+    d = torch.cat(dets, 0)
+    score = d[:, 6] if s.score == "obj" else d[:, 4]
+    keep = score >= tau2.to(d.device)[d[:, 5].long()]
+    gt = hidden.to(d.device)
+    gt_xyxy = xywhn2xyxy(gt[:, 2:6], w, h)
+    args = (d[keep, :4], d[keep, 5].long(), img_idx[keep], gt_xyxy, gt[:, 1].long(), gt[:, 0].long())
+    p, r, *_ = pseudo_precision_recall(*args)
+    p_agn, *_ = pseudo_precision_recall(*args, ignore_class=True)
+    return {"precision": p, "recall": r, "precision_agnostic": p_agn}
+
+
+@dataclass
+class StudentLosses:
+    """The losses of one SSOD iteration and what to log of them."""
+
+    loss: torch.Tensor
+    items: dict[str, Any]
+
+
+def student_losses(model: nn.Module, x_l: torch.Tensor, targets_l: torch.Tensor, x_s: torch.Tensor,
+                   targets_u: torch.Tensor, loss_sup: Any, loss_unsup: Any, disc: nn.Module | None,
+                   s: SSODConfig, labeled_density: float, amp: bool, da_weight: float) -> StudentLosses:
+    """Labeled + strong views through the student in one batch: supervised loss, masked unlabeled loss
+    (box/cls scaled by pseudo-box density with ``s.density_norm``), and the domain loss when ``disc``."""
+    from effteacher.ssod.domain import domain_loss
+
+    bl = x_l.shape[0]
+    with torch.autocast(x_l.device.type, enabled=amp):
+        raw, feats = model(torch.cat([x_l, x_s], 0), return_features=True)
+        loss_l, items_l = loss_sup([r[:bl] for r in raw], targets_l)
+        expected = labeled_density * x_s.shape[0] if s.density_norm else None
+        loss_u, items_u = loss_unsup([r[bl:] for r in raw], targets_u, expected_targets=expected)
+        loss = loss_l + s.lambda_u * loss_u
+        da = torch.zeros((), device=x_l.device)
+        if disc is not None:
+            da = domain_loss(disc, [f[:bl] for f in feats], [f[bl:] for f in feats]) * bl
+            loss = loss + s.lambda_da * da_weight * da
+    items = {"box": items_l["box"], "obj": items_l["obj"], "cls": items_l["cls"], "ubox": items_u["box"],
+             "uobj": items_u["obj"], "ucls": items_u["cls"], "da": da.detach() / bl}
+    return StudentLosses(loss, items)
