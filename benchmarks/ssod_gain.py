@@ -5,7 +5,10 @@ One invocation = one dataset and one seed (resumable: a killed invocation picks 
 scratch at the dataset profile's image size, with the schedules a user gets by default (``epochs: 0``,
 ``burn_in: auto``) and ``--cfg`` applied to every arm:
 
-- ``sup10_s{seed}``: supervised on the 10% split until validation fitness plateaus (sched.patience_steps);
+- ``sup10_s{seed}``: supervised on the 10% split until validation fitness plateaus (sched.patience_steps).
+  By default this is the burn-in of ``ssod10_s{seed}``: the auto burn-in *is* that procedure (same seed, same
+  split, same plateau rule) and the hand-over is where the supervised run would stop; ``--arms sup10`` trains it
+  as a run of its own instead;
 - ``sup100``: supervised on 100% likewise (seed 0; ``--full``);
 - ``ssod10_s{seed}``: SSOD: auto burn-in (the same procedure as sup10), then ``sched.ssod_factor`` x the
   burn-in's iterations of SSOD;
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from pathlib import Path
 
 from benchmarks.branch import branch, rows, run_arm, wall_s
@@ -70,21 +74,51 @@ def compare(after: list[dict[str, float]], ref: list[dict[str, float]]) -> tuple
     return below, n, worst
 
 
-def arms(project: Path, data: str, seed: int, full: bool, cfg_path: Path | None) -> None:
+ARMS = ("sup10", "sup100", "ssod", "ctrl")
+
+
+def burn_epochs(run: Path) -> int:
+    import torch
+
+    return int(torch.load(run / "weights/burn_in.pt", weights_only=True)["train_state"]["epoch"])
+
+
+def sup10_rows(project: Path, seed: int) -> list[dict[str, float]]:
+    """Supervised 10%: its own run when one was trained, else the burn-in of ssod10 (the same procedure)."""
+    own = project / f"sup10_s{seed}"
+    if (own / "done.json").is_file():
+        return rows(own)
+    ssod = project / f"ssod10_s{seed}"
+    burn = burn_epochs(ssod)
+    return [r for r in rows(ssod) if r["epoch"] <= burn]
+
+
+def arms(project: Path, data: str, seed: int, which: list[str], cfg_path: Path | None) -> None:
+    """Train the arms in ``which`` (in ARMS order); run two invocations with other arms side by side to parallelise."""
     from effteacher.config import defaults_for, load_overrides, replace
 
     base = load_overrides(cfg_path, data) if cfg_path else defaults_for(data)
     base = replace(base, data=data, workers=2, epochs=0, burn_in="auto")
-    sup10 = run_arm(project, f"sup10_s{seed}", base, labeled="10%", supervised=True, seed=seed)
-    if full:
-        sup100 = run_arm(project, "sup100", base, labeled="100%", supervised=True, seed=0)
-        gap = best(rows(sup100))[MAP] - best(rows(sup10))[MAP]
-        print(f"converged supervised 10% vs 100% gap: {gap:.4f} mAP50-95", flush=True)
-        if gap < 0.10:  # the dataset's difficulty is fixed before any SSOD run, never after
-            raise SystemExit(f"{data}: the 10%/100% gap {gap:.3f} < 0.10: labels are not scarce enough for an SSOD "
-                             "benchmark; change the dataset, not the SSOD runs")
-    ssod = run_arm(project, f"ssod10_s{seed}", base, labeled="10%", seed=seed)
-    branch(ssod, project / f"ctrl10_s{seed}", {"ssod.lambda_u": 0.0}, base)
+    if "sup10" in which:
+        run_arm(project, f"sup10_s{seed}", base, labeled="10%", supervised=True, seed=seed)
+    if "sup100" in which:
+        run_arm(project, "sup100", base, labeled="100%", supervised=True, seed=0)
+    if "ssod" in which:
+        run_arm(project, f"ssod10_s{seed}", base, labeled="10%", seed=seed)
+    if "ctrl" in which:
+        src = project / f"ssod10_s{seed}"
+        while not (src / "weights/burn_in.pt").is_file():  # ssod10 may still be in its burn-in in another process
+            if (src / "done.json").is_file():
+                raise SystemExit(f"{src} finished without a burn-in state")
+            time.sleep(30)
+        branch(src, project / f"ctrl10_s{seed}", {"ssod.lambda_u": 0.0}, base)
+
+
+def gap_check(project: Path, data: str, seed: int) -> float:
+    """The converged 10%/100% gap; fixed before SSOD results are looked at (sup10 is the burn-in)."""
+    gap = best(rows(project / "sup100"))[MAP] - best(sup10_rows(project, seed))[MAP]
+    print(f"converged supervised 10% vs 100% gap: {gap:.4f} mAP50-95", flush=True)
+    return gap
 
 
 def summarise(project: Path, data: str) -> None:
@@ -96,14 +130,13 @@ def summarise(project: Path, data: str) -> None:
     parts, lines, ok, ratios = [], [], True, []
     for seed in seeds:
         need = [project / f"{a}_s{seed}" for a in ("sup10", "ssod10", "ctrl10")]
-        if not all((p / "done.json").is_file() for p in need):
+        if not all((p / "done.json").is_file() for p in need[1:]):
             continue
-        sup, ssod, ctrl = (rows(p) for p in need)
-        import torch
-
-        burn = int(torch.load(need[1] / "weights/burn_in.pt", weights_only=True)["train_state"]["epoch"])
+        sup, ssod, ctrl = sup10_rows(project, seed), rows(need[1]), rows(need[2])
+        burn = burn_epochs(need[1])
         after = [r for r in ssod if r["epoch"] > burn]
         after_c = [r for r in ctrl if r["epoch"] > burn]
+        own = f", {wall_s(need[0]) / 60:.0f} min" if (need[0] / "done.json").is_file() else " (the burn-in of SSOD)"
         b, c, s = best(sup), best(ctrl), best(ssod)
         base_best = max(b[MAP], c[MAP])
         ratio = s[MAP] / base_best if base_best > 0 else float("nan")
@@ -119,7 +152,7 @@ def summarise(project: Path, data: str) -> None:
         lines.append(
             f"- seed {seed}: supervised 10% best {b[MAP]:.4f} (mAP50 {b['metrics/mAP50']:.4f}) at iteration "
             f"{int(b['train/iterations'])}, stopped at {int(sup[-1]['train/iterations'])}, noise band "
-            f"{band(sup):.4f}, {wall_s(need[0]) / 60:.0f} min; SSOD burn-in {burn} epochs = "
+            f"{band(sup):.4f}{own}; SSOD burn-in {burn} epochs = "
             f"{int(next(r['train/iterations'] for r in ssod if r['epoch'] == burn))} iterations; control (lambda_u 0) best {c[MAP]:.4f} at {int(c['train/iterations'])}, band "
             f"{band(ctrl):.4f}, {wall_s(need[2]) / 60:.0f} min; SSOD best {s[MAP]:.4f} (mAP50 {s['metrics/mAP50']:.4f}) at "
             f"{int(s['train/iterations'])} of {int(ssod[-1]['train/iterations'])}, band {band(ssod):.4f}, "
@@ -145,13 +178,24 @@ def main() -> None:
     ap.add_argument("--data", default="sample-large", choices=["sample", "sample-large"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--full", action="store_true", help="also the supervised 100%% run (once per dataset)")
+    ap.add_argument("--arms", default="", help=f"comma-separated subset of {','.join(ARMS)} (default: ssod,ctrl "
+                    "and sup100 with --full)")
     ap.add_argument("--cfg", type=Path, default=None, help="YAML of TrainConfig keys for every arm")
     ap.add_argument("--project", type=Path, default=Path("runs/bench"))
     ap.add_argument("--record", action="store_true", help="combine finished runs into RESULTS.md; train nothing")
     a = ap.parse_args()
     project = a.project / a.data
     if not a.record:
-        arms(project, a.data, a.seed, a.full, a.cfg)
+        which = a.arms.split(",") if a.arms else ["ssod", "ctrl"] + (["sup100"] if a.full else [])
+        unknown = set(which) - set(ARMS)
+        if unknown:
+            raise SystemExit(f"--arms: unknown {sorted(unknown)}; choose from {', '.join(ARMS)}")
+        arms(project, a.data, a.seed, which, a.cfg)
+    if (project / "sup100/done.json").is_file() and (project / f"ssod10_s{a.seed}/weights/burn_in.pt").is_file():
+        gap = gap_check(project, a.data, a.seed)
+        if gap < 0.10:  # the dataset's difficulty is fixed by the supervised arms, never after SSOD results
+            print(f"WARNING {a.data}: the 10%/100% gap {gap:.3f} < 0.10: labels are not scarce enough for an SSOD "
+                  "benchmark; change the dataset, not the SSOD runs", flush=True)
     summarise(project, a.data)
 
 

@@ -153,3 +153,26 @@ def test_pla_soft_cls_carries_the_teacher_class_probabilities():
     torch.testing.assert_close(soft[:, 9:], probs[:2])
     with pytest.raises(ValueError):
         assign_pseudo_labels([d[:, :7]], EYE[None], (64, 64), TAU1, TAU2, soft_cls=True)
+
+
+def test_pla_objectness_score_mode_and_class_gate():
+    # x1 y1 x2 y2 joint-score cls obj: class probability = score / obj
+    d = torch.tensor(
+        [
+            [10, 10, 30, 30, 0.27, 0, 0.90],  # obj 0.9, class prob 0.3: joint 'uncertain', obj-mode reliable w/o class
+            [40, 40, 60, 60, 0.08, 0, 0.40],  # obj 0.4, class prob 0.2: joint background, obj-mode uncertain
+            [5, 40, 25, 60, 0.72, 1, 0.90],  # obj 0.9, class prob 0.8: reliable with its class in both modes
+        ]
+    )
+    joint, _ = assign_pseudo_labels([d], EYE[None], (64, 64), TAU1, TAU2)
+    assert joint.shape[0] == 2 and find(joint, 0, 20.0)[6:].tolist() == pytest.approx([0.0, 0.0, 0.9])
+    obj, st = assign_pseudo_labels([d], EYE[None], (64, 64), TAU1, TAU2, score_mode="obj", cls_thres=0.5)
+    assert obj.shape[0] == 3 and st["n_reliable"] == 2.0 and st["n_uncertain"] == 1.0
+    assert find(obj, 0, 20.0)[6:].tolist() == pytest.approx([0.0, 1.0, -1.0])  # hard obj and box, no class
+    assert find(obj, 0, 50.0)[6:].tolist() == pytest.approx([0.0, 0.0, 0.4])  # soft objectness, not background
+    assert find(obj, 0, 15.0)[6:].tolist() == pytest.approx([1.0, 1.0, -1.0])
+    gated, _ = assign_pseudo_labels([d], EYE[None], (64, 64), torch.tensor([0.1, 0.1]), torch.tensor([0.2, 0.2]),
+                                    cls_thres=0.5)  # joint mode: reliable by score, class still gated
+    assert find(gated, 0, 20.0)[6].item() == 0.0 and find(gated, 0, 15.0)[6].item() == 1.0
+    with pytest.raises(ValueError, match="score_mode"):
+        assign_pseudo_labels([d], EYE[None], (64, 64), TAU1, TAU2, score_mode="cls")
