@@ -1,152 +1,98 @@
 """Which part of the unlabeled loss helps or hurts: SSOD variants branched from ONE burn-in state.
 
-Trains the burn-in of the sample-profile SSOD run once (10% labels, n, 256 px), stops at the
-hand-over with its last.pt, then runs each variant for ``--n-ssod`` SSOD epochs from a copy of
-that state (same weights, optimizer, LR position, RNG), so variants differ only in their
-overrides. A variant with ``ssod.lambda_u: 0`` is the control: the same SSOD steps and labeled
-batches without pseudo labels. Research tool: it patches Trainer methods to branch the run
-(``--resume`` itself refuses config changes, on purpose).
+``--src`` is any SSOD run that reached its hand-over (it saved ``weights/burn_in.pt``), e.g. the
+``ssod10_s0`` arm of ``benchmarks/ssod_gain.py``. Each variant copies that state (weights, optimizer,
+LR position, split, RNG, plateau decision) with its config overrides and trains ``--n-ssod`` SSOD
+epochs; variants differ only in their overrides. Always include the control ``{"ssod.lambda_u": 0}``
+(same teacher EMA, steps and labeled batches, no pseudo labels): a gain counts only over it.
 
-    python -m benchmarks.ssod_ablation --root /tmp/abl --seed 1 --do-burnin \
-        --variant 'control:{"ssod.lambda_u": 0.0}' 'default:{}' 'no_ucls:{"ssod.unsup_cls": 0.0}'
-    python -m benchmarks.ssod_ablation --root /tmp/abl --record   # summarise every variant run so far
+    python -m benchmarks.ssod_ablation --src /work/bench/sample-large/ssod10_s0 --n-ssod 3 \
+        --variant 'control:{"ssod.lambda_u": 0.0}' 'default:{}' 'obj:{"ssod.score": "obj"}' \
+                  'gate:{"ssod.score": "obj", "ssod.cls_thres": 0.5, "ssod.agnostic_nms": true}'
+    python -m benchmarks.ssod_ablation --src /work/bench/sample-large/ssod10_s0 --record
 
-Special overrides (not config keys): ``_agnostic: true`` = class-agnostic teacher NMS;
-``_tau2_floor: x`` = Epoch Adaptor tau2 lower bound x.
+Variant runs land in ``<src>-abl/<name>`` (resumable: a killed variant resumes, a finished one is reused).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
+from benchmarks.branch import branch, rows, wall_s
+
+MAP = "metrics/mAP50-95"
+PSEUDO = ("pseudo/precision", "pseudo/precision_agnostic", "pseudo/recall", "pseudo/reliable", "pseudo/uncertain")
 
 
-class _Stop(Exception):
-    pass
+def _burn(src: Path) -> int:
+    import torch
+
+    return int(torch.load(src / "weights/burn_in.pt", weights_only=True)["train_state"]["epoch"])
 
 
-def burn_in(root: Path, seed: int, epochs: int, burn: int) -> Path:
-    """Run the SSOD config up to the hand-over; returns the run folder holding last.pt at burn-in end."""
-    from effteacher.config import defaults_for, replace
-    from effteacher.engine import trainer as T
+def run_variant(src: Path, name: str, n_ssod: int, overrides: dict[str, Any], workers: int = 2) -> Path:
+    from effteacher.config import from_dict, replace
+    import torch
 
-    cfg = replace(defaults_for("sample"), project=str(root), name=f"burn_s{seed}", exist_ok=True, labeled="10%",
-                  seed=seed, epochs=epochs, burn_in=burn, val_every=50, workers=2)
-
-    def stop(self: Any) -> None:
-        raise _Stop()
-
-    orig = T.Trainer._hand_over
-    T.Trainer._hand_over = stop
-    try:
-        T.train(cfg)
-    except _Stop:
-        pass
-    finally:
-        T.Trainer._hand_over = orig
-    return root / f"burn_s{seed}"
+    args = torch.load(src / "weights/burn_in.pt", weights_only=True)["args"]
+    base = replace(from_dict(args), workers=workers)
+    return branch(src, src.parent / f"{src.name}-abl" / name, overrides, base, epochs=_burn(src) + n_ssod)
 
 
-def variant(root: Path, seed: int, name: str, n_ssod: int, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Copy the burn-in state, apply ``overrides`` and train ``n_ssod`` SSOD epochs; returns the summary row."""
-    from effteacher.config import defaults_for, replace
-    from effteacher.engine import trainer as T
-
-    special = {k: overrides.pop(k) for k in list(overrides) if k.startswith("_")}
-    src, dst = root / f"burn_s{seed}", root / f"{name}_s{seed}"
-    if dst.exists():
-        shutil.rmtree(dst)
-    shutil.copytree(src, dst)
-    saved = {k: getattr(T.Trainer, k) for k in ("_end_epoch", "_restore", "_teacher_predict")}
-    orig_rc = T.resumed_config
-
-    def end(self: Any, epoch: int, *a: Any, **k: Any) -> bool:
-        return saved["_end_epoch"](self, epoch, *a, **k) or epoch + 1 >= self.cfg.burn_in + n_ssod
-
-    def restore(self: Any, ck: dict[str, Any]) -> None:
-        self.thresholds.load_state_dict = lambda st: None  # burn-in thresholds are the initial ones
-        if "_tau2_floor" in special:
-            self.thresholds.tau2_bounds = (float(special["_tau2_floor"]), 0.9)
-        saved["_restore"](self, ck)
-
-    @torch.no_grad()
-    def agnostic_predict(self: Any, x_w: torch.Tensor) -> list[torch.Tensor]:
-        from effteacher.engine.postprocess import non_max_suppression
-        from effteacher.models.head import decode
-
-        t = self.ema.module
-        pred = decode(t(x_w), t.anchors, t.stride)
-        floor = min(0.05, float(self.thresholds.tau1.min()))
-        return non_max_suppression(pred.float(), conf_thres=floor, iou_thres=self.cfg.ssod.nms_iou, return_obj=True,
-                                   max_det=300, agnostic=True, return_probs=self.cfg.ssod.soft_cls)
-
-    T.resumed_config = lambda ck, c, p: replace(orig_rc(ck, c, p), **overrides)
-    T.Trainer._end_epoch, T.Trainer._restore = end, restore
-    if special.get("_agnostic"):
-        T.Trainer._teacher_predict = agnostic_predict
-    try:
-        T.train(replace(defaults_for("sample"), project=str(root), resume=str(dst / "weights/last.pt"), workers=2, epochs=0))
-    finally:
-        T.resumed_config = orig_rc
-        for k, v in saved.items():
-            setattr(T.Trainer, k, v)
-    with open(dst / "results.csv") as f:
-        rs = [r for r in csv.DictReader(f) if float(r["metrics/mAP50"]) > 0]
-    keys = ["metrics/mAP50-95", "metrics/mAP50", "pseudo/precision", "pseudo/precision_agnostic", "pseudo/recall",
-            "pseudo/reliable", "pseudo/uncertain"]
-    rows = [[int(float(r["epoch"]))] + [round(float(r.get(k) or 0.0), 4) for k in keys] for r in rs][-(n_ssod + 1):]
-    out = {"name": name, "seed": seed, "overrides": {**overrides, **special}, "columns": ["epoch", *keys], "rows": rows}
-    with open(root / "summary.jsonl", "a") as f:
-        f.write(json.dumps(out) + "\n")
-    print("RESULT", json.dumps(out), flush=True)
+def table(src: Path) -> list[dict[str, Any]]:
+    """Per variant: its overrides and its validations after the hand-over (plus the hand-over's own)."""
+    burn = _burn(src)
+    out = []
+    for d in sorted((src.parent / f"{src.name}-abl").glob("*/overrides.json")):
+        run = d.parent
+        rs = [r for r in rows(run) if r["epoch"] >= burn]
+        if rs:
+            out.append({"name": run.name, "overrides": json.loads(d.read_text()), "rows": rs, "min": wall_s(run) / 60})
     return out
 
 
-def summarise(root: Path) -> None:
+def summarise(src: Path) -> None:
     from benchmarks.common import record
 
-    runs = [json.loads(line) for line in (root / "summary.jsonl").read_text().splitlines() if line.strip()]
+    runs = table(src)
     if not runs:
-        raise SystemExit(f"no variants in {root / 'summary.jsonl'}")
+        raise SystemExit(f"no variants under {src}-abl")
+    ctrl = next((r for r in runs if r["overrides"].get("ssod.lambda_u") == 0.0), None)
+    n = min(len(r["rows"]) for r in runs)
     start = runs[0]["rows"][0]
-    n = min(len(r["rows"]) for r in runs) - 1
     parts, details = [], []
     for r in runs:
-        end = r["rows"][n]
-        parts.append(f"{r['name']} {end[1]:.3f}")
-        prec = ", ".join(f"{row[3]:.2f}/{row[4]:.2f}" for row in r["rows"][1:n + 1])
-        details.append(f"- {r['name']} (seed {r['seed']}, {json.dumps(r['overrides'])}): mAP50-95 "
-                       + " -> ".join(f"{row[1]:.3f}" for row in r["rows"][: n + 1])
-                       + (f"; reliable pseudo precision class/agnostic per epoch {prec}" if any(row[4] for row in r["rows"][1:]) else ""))
-    line = (f"ssod_ablation: burn-in end {start[1]:.3f} mAP50-95; after {n} SSOD epochs: " + ", ".join(parts)
-            + " (n, sample 10%)")
-    record("ssod_ablation", line, "\n".join(details))
+        end = r["rows"][n - 1]
+        vs = f" ({end[MAP] - ctrl['rows'][n - 1][MAP]:+.3f} vs control)" if ctrl and r is not ctrl else ""
+        parts.append(f"{r['name']} {end[MAP]:.3f}{vs}")
+        prec = ", ".join(f"{x.get(PSEUDO[0], 0):.2f}/{x.get(PSEUDO[1], 0):.2f}" for x in r["rows"][1:n])
+        per = ", ".join(f"{x.get(PSEUDO[3], 0):.1f}/{x.get(PSEUDO[4], 0):.1f}" for x in r["rows"][1:n])
+        details.append(f"- {r['name']} {json.dumps(r['overrides'])}: mAP50-95 per SSOD epoch "
+                       + " -> ".join(f"{x[MAP]:.3f}" for x in r["rows"][:n])
+                       + (f"; reliable pseudo precision class/agnostic {prec}; reliable/uncertain per image {per}"
+                          if r is not ctrl else "") + f"; {r['min']:.0f} min")
+    details.append(f"- source: {src} (burn-in state at epoch {_burn(src)}, iteration "
+                   f"{int(start.get('train/iterations', 0))}); command in the module docstring")
+    line = (f"ssod_ablation ({src.name}): hand-over {start[MAP]:.3f} mAP50-95; after {n - 1} SSOD epochs: "
+            + ", ".join(parts))
+    record(f"ssod_ablation ({src.parent.name})", line, "\n".join(details))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--root", type=Path, required=True)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--epochs", type=int, default=270, help="the SSOD run's total epochs (sets the LR schedule)")
-    ap.add_argument("--burn-in", type=int, default=250)
-    ap.add_argument("--do-burnin", action="store_true")
-    ap.add_argument("--n-ssod", type=int, default=4)
-    ap.add_argument("--variant", nargs="*", default=[], help="name:json_overrides")
-    ap.add_argument("--record", action="store_true", help="summarise summary.jsonl into RESULTS.md")
+    ap.add_argument("--src", type=Path, required=True, help="a run folder holding weights/burn_in.pt")
+    ap.add_argument("--n-ssod", type=int, default=3, help="SSOD epochs per variant")
+    ap.add_argument("--variant", nargs="*", default=[], help="name:json_overrides (dotted TrainConfig keys)")
+    ap.add_argument("--record", action="store_true", help="summarise the variants into RESULTS.md")
     a = ap.parse_args()
-    if a.do_burnin:
-        burn_in(a.root, a.seed, a.epochs, a.burn_in)
     for v in a.variant:
         name, js = v.split(":", 1)
-        variant(a.root, a.seed, name, a.n_ssod, json.loads(js))
-    if a.record:
-        summarise(a.root)
+        run_variant(a.src, name, a.n_ssod, json.loads(js))
+    if a.record or a.variant:
+        summarise(a.src)
 
 
 if __name__ == "__main__":

@@ -177,3 +177,35 @@ def test_ssod_threshold_strategies_run(tiny_data, tmp_path, extra):
     assert last["train_state"]["thresholds"]["kind"] == extra["thresholds"]
     assert (last["train_state"]["disc"] is None) == (not extra["domain_adapt"])
     assert last["args"]["ssod"]["soft_cls"] == extra.get("soft_cls", False)
+
+
+def test_auto_burn_in_hands_over_on_plateau_and_resume_keeps_it(tiny_data, tmp_path):
+    """Default ``--burn-in auto`` with tiny step windows: it logs why it handed over, saves burn_in.pt, and a run
+    resumed from that state keeps the decision (same burn-in length, same planned end)."""
+    cfg = tmp_path / "sched.yaml"
+    cfg.write_text("sched: {min_steps: 2, max_steps: 8, patience_steps: 2, val_steps: 1, ssod_factor: 1.0}\n")
+    res = _train(["--data", str(tiny_data), "--labeled", "25%", *TINY, "--cfg", str(cfg),
+                  "--project", str(tmp_path), "--name", "auto"])
+    assert res.exit_code == 0, res.output
+    assert "hand-over to SSOD after epoch" in res.output
+    run = tmp_path / "auto"
+    burn = torch.load(run / "weights/burn_in.pt", weights_only=True)["train_state"]
+    last = torch.load(run / "weights/last.pt", weights_only=True)["train_state"]
+    assert burn["burn_epochs"] == last["burn_epochs"] == burn["epoch"] >= 1
+    assert burn["handover_reason"]
+    rows = _rows(run)
+    assert int(rows[-1]["epoch"]) > burn["epoch"] and float(rows[-1]["unsup/obj_loss"]) > 0
+    # killed right after the hand-over: resuming from the burn-in state finishes the same plan
+    again = tmp_path / "again"
+    (again / "weights").mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(run / "split", again / "split")
+    shutil.copy(run / "weights/burn_in.pt", again / "weights/last.pt")
+    with open(run / "results.csv") as f:
+        head = f.readlines()[: burn["epoch"] + 1]
+    (again / "results.csv").write_text("".join(head))
+    res = _train(["--resume", str(again), "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    assert [r["epoch"] for r in _rows(again)] == [r["epoch"] for r in rows]
+    assert torch.load(again / "weights/last.pt", weights_only=True)["train_state"]["burn_epochs"] == burn["epoch"]

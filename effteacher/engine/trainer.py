@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from effteacher.config import TrainConfig, replace, save_yaml, to_dict
+from effteacher.config import TrainConfig, replace, save_yaml
 from effteacher.engine.setup import (
     check_model_name,
     ddp_child_argv,
     find_resume,
-    init_from_weights,
     is_ddp_child,
-    labeled_box_sizes,
     load_train_data,
     resumed_config,
 )
+from effteacher.engine.train_state import StateMixin
+from effteacher.engine.trainer_build import BuildMixin
 from effteacher.errors import EffTeacherError
 
 CSV_COLUMNS = [
@@ -57,7 +55,7 @@ def train(cfg: TrainConfig, nproc: int = 1) -> Path:
     return trainer.fit()
 
 
-class Trainer:
+class Trainer(BuildMixin, StateMixin):
     """Owns the models, optimizer and loaders of one run; ``fit`` is the whole loop."""
 
     def __init__(self, cfg: TrainConfig, ctx: Any) -> None:
@@ -101,110 +99,6 @@ class Trainer:
         from effteacher.engine import dist
 
         return str(dist.parse_devices(self.cfg.device)[self.ctx.local_rank])
-
-    def _build_model(self) -> None:
-        from effteacher.losses.detection import DetectionLoss
-        from effteacher.models.anchors import check_anchors
-        from effteacher.models.build import build_model
-        from effteacher.ssod.domain import DomainDiscriminator
-        from effteacher.engine.schedule import EpochPlan, ema_schedule
-        from effteacher.ssod.teacher import ModelEMA
-
-        cfg, nc = self.cfg, len(self.data.names)
-        model = build_model(cfg.model, nc)
-        if cfg.weights and self.resume_ckpt is None:
-            init_from_weights(model, cfg.weights)
-        if self.resume_ckpt is None:
-            check_anchors(model, labeled_box_sizes(self.data.labeled, cfg.imgsz), cfg.imgsz)
-        self.model = model.to(self.device)
-        nb_ssod = len(self.unlabeled_loader) if self.unlabeled_loader is not None else len(self.labeled_loader)
-        self.plan = EpochPlan(cfg, self.ssod, len(self.labeled_loader), nb_ssod)
-        self.ema = ModelEMA(self.model, *ema_schedule(self.plan.ema_window(), cfg.optim.ema_decay))
-        s = cfg.ssod
-        self.loss_sup = DetectionLoss(self.model, cfg.loss, cfg.imgsz)
-        self.loss_unsup = DetectionLoss(self.model, cfg.loss, cfg.imgsz, gains=(s.unsup_box, s.unsup_obj, s.unsup_cls))
-        self.disc = None
-        if self.ssod and s.domain_adapt:
-            self.disc = DomainDiscriminator(self.model.feature_channels).to(self.device)
-        self.amp = self._check_amp()
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.train_model: nn.Module = self.model
-        if self.ctx.world_size > 1:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-            if self.disc is not None:
-                self.disc = nn.parallel.DistributedDataParallel(self.disc, device_ids=ids)
-
-    def _check_amp(self) -> bool:
-        """AMP on CUDA unless --no-amp; falls back to fp32 if autocast outputs disagree with fp32."""
-        if not self.cfg.amp or self.device.type != "cuda":
-            return False
-        from effteacher.models.head import decode
-        from effteacher.utils.console import warn
-
-        m = self.model.eval()
-        x = torch.rand(2, 3, 128, 128, device=self.device)
-        with torch.no_grad():
-            a = decode(m(x), m.anchors, m.stride)
-            with torch.autocast("cuda"):
-                b = decode(m(x), m.anchors, m.stride).float()
-        m.train()
-        ok = bool(torch.allclose(a[..., :4], b[..., :4], rtol=0.05, atol=0.5))
-        if not ok:
-            warn("AMP self-check failed (fp16 outputs differ from fp32); training in fp32")
-        return ok
-
-    def _build_loaders(self) -> None:
-        from effteacher.data.loaders import InfiniteLoader, LabeledDataset, UnlabeledDataset, build_loader
-        from effteacher.engine.evaluator import Evaluator
-        from effteacher.ssod.thresholds import build_thresholds
-
-        cfg, ctx = self.cfg, self.ctx
-        bs = max(cfg.batch // ctx.world_size, 1)
-        self.labeled_ds = LabeledDataset(self.data.labeled, cfg.imgsz, cfg.aug, augment=True, cache=cfg.cache, seed=cfg.seed)
-        self.labeled_loader = build_loader(self.labeled_ds, bs, cfg.workers, True, cfg.seed, ctx.rank, ctx.world_size)
-        # The SSOD phase's labeled stream drops the last partial batch (a 2-image labeled half next to
-        # 16 unlabeled images would weigh the labels down); its epochs are numbered apart from burn-in's.
-        full = len(self.labeled_ds) >= bs * ctx.world_size
-        stream = build_loader(self.labeled_ds, bs, cfg.workers, True, cfg.seed, ctx.rank, ctx.world_size, drop_last=full)
-        self.labeled_stream = InfiniteLoader(stream, epoch=10_000)
-        self.unlabeled_loader = None
-        if self.ssod:
-            self.unlabeled_ds = UnlabeledDataset(self.data.unlabeled, cfg.imgsz, cfg.aug, seed=cfg.seed + 1)
-            ubs = max(bs * cfg.ssod.unlabeled_ratio, 1)
-            self.unlabeled_loader = build_loader(self.unlabeled_ds, ubs, cfg.workers, True, cfg.seed + 1, ctx.rank, ctx.world_size)
-        nc = len(self.data.names)
-        # ground-truth boxes per labeled image: what a dense unlabeled batch would hold (density_norm)
-        self.labeled_density = max(sum(r.n for r in self.data.labeled) / max(len(self.data.labeled), 1), 1e-6)
-        n_c = np.bincount(np.concatenate([r.cls for r in self.data.labeled] + [np.zeros(0, np.int64)]), minlength=nc)
-        self.thresholds = build_thresholds(
-            cfg.ssod.thresholds, nc=nc, tau1=cfg.ssod.tau1, tau2=cfg.ssod.tau2, n_c=torch.as_tensor(n_c),
-            n_labeled=len(self.data.labeled), n_unlabeled=len(self.data.unlabeled), alpha=cfg.ssod.ea_alpha,
-        )
-        self.evaluator = Evaluator(self.data.val, self.data.names, cfg.imgsz, batch=max(bs, 8), workers=cfg.workers,
-                                   device=self.device) if ctx.is_main else None
-
-    def _build_optim(self) -> None:
-        import dataclasses
-
-        from torch.optim.lr_scheduler import LambdaLR
-
-        from effteacher.engine.optim import build_optimizer, warmup_iters
-        from effteacher.engine.schedule import lr_fn, resolve_optimizer
-
-        cfg = self.cfg
-        params = nn.ModuleDict({"model": self.model})
-        if self.disc is not None:
-            params["disc"] = self.disc.module if hasattr(self.disc, "module") else self.disc
-        name, lr0 = resolve_optimizer(cfg.optim, self.plan.planned)
-        self.optim_cfg = dataclasses.replace(cfg.optim, optimizer=name, lr0=lr0)
-        self.optimizer = build_optimizer(params, self.optim_cfg, cfg.batch)
-        self.start_epoch, self.best_fitness, self.best_epoch, self.iteration = 0, -1.0, -1, 0
-        self._epoch_done = 0
-        # The LR follows optimizer steps, not epochs: a burn-in epoch (one pass over L) is much shorter than
-        # an SSOD epoch (one pass over U). Auto burn-in: constant LR until the hand-over, then it decays.
-        self.scheduler = LambdaLR(self.optimizer, lr_lambda=lr_fn(lambda: self.plan.lr_span, self.optim_cfg))
-        self.n_warmup = warmup_iters(self.optim_cfg, self.plan.nb_burn, cap=self.plan.warmup_cap())
 
     # ------------------------------------------------------------------------------ the loop
     def fit(self) -> Path:
@@ -385,7 +279,7 @@ class Trainer:
             "pseudo/uncertain": means.get("uncertain", 0.0), "pseudo/tau1": means.get("tau1", 0.0),
             "pseudo/tau2": means.get("tau2", 0.0), "pseudo/precision": means.get("precision", 0.0),
             "pseudo/recall": means.get("recall", 0.0), "pseudo/precision_agnostic": means.get("precision_agnostic", 0.0),
-            **{k: metrics.get(k, 0.0) for k in CSV_COLUMNS if k.startswith("metrics/")},
+            **{k: v for k, v in metrics.items() if k in CSV_COLUMNS},  # empty cells when not validated
             "lr": self.optimizer.param_groups[0]["lr"],
         }
         csv.log(row)
@@ -428,63 +322,6 @@ class Trainer:
         elif rel > 5 * max(per_img_l, 1.0):
             warn(f"{rel:.1f} pseudo boxes per image vs {per_img_l:.1f} labeled: thresholds look too low; "
                  "raise cfg ssod.tau1/tau2 or use --thresholds adaptor")
-
-    # ------------------------------------------------------------------------- checkpoints
-    def _which(self) -> str:
-        done = self.plan.burn is not None and self._epoch_done >= self.plan.burn
-        return "teacher" if self.ssod and done else "ema"
-
-    def _save(self, epoch: int, metrics: dict[str, float], is_best: bool) -> None:
-        from effteacher.engine.checkpoint import make_checkpoint, save_checkpoint
-
-        self._epoch_done = epoch + 1
-        names, cfg = self.data.names, self.cfg
-        deploy = make_checkpoint(self.ema.module, names, cfg.imgsz, self._which(), epoch + 1, metrics, to_dict(cfg))
-        state = {
-            "student": self.model.state_dict(),
-            "ema": self.ema.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "thresholds": self.thresholds.state_dict(),
-            "disc": (self.disc.module if hasattr(self.disc, "module") else self.disc).state_dict() if self.disc is not None else None,
-            "epoch": epoch + 1, "best_fitness": self.best_fitness, "best_epoch": self.best_epoch,
-            "iteration": self.iteration, "rng": _rng_state(), "labeled_stream": self.labeled_stream.state_dict(),
-            "burn_epochs": self.plan.burn, "plateau": [self.plan.plateau.best, self.plan.plateau.best_step],
-            "handover_reason": self.plan.reason,
-        }
-        save_checkpoint(self.wdir / "last.pt", {**deploy, "train_state": state})
-        if self.ssod and epoch + 1 == self.plan.burn:  # the burn-in state, to branch SSOD variants from
-            save_checkpoint(self.wdir / "burn_in.pt", {**deploy, "train_state": state})
-        if is_best:
-            save_checkpoint(self.wdir / "best.pt", deploy)
-
-    def _restore(self, ckpt: dict[str, Any]) -> None:
-        st = ckpt["train_state"]
-        self.model.load_state_dict(st["student"])
-        self.ema.load_state_dict(st["ema"])
-        self.optimizer.load_state_dict(st["optimizer"])
-        self.scheduler.load_state_dict(st["scheduler"])
-        self.scaler.load_state_dict(st["scaler"])
-        if st.get("thresholds") is not None:
-            self.thresholds.load_state_dict(st["thresholds"])
-        if self.disc is not None and st.get("disc") is not None:
-            (self.disc.module if hasattr(self.disc, "module") else self.disc).load_state_dict(st["disc"])
-        self.start_epoch, self.best_fitness, self.best_epoch = st["epoch"], st["best_fitness"], st["best_epoch"]
-        self.iteration = st["iteration"]
-        self.labeled_stream.load_state_dict(st["labeled_stream"])
-        self._epoch_done = st["epoch"]
-        self.scheduler.base_lrs = [self.optim_cfg.lr0] * len(self.scheduler.base_lrs)
-        self.plan.plateau.best, self.plan.plateau.best_step = st.get("plateau", [-1.0, 0])
-        self.plan.reason = st.get("handover_reason", "")
-        if st.get("burn_epochs") is not None:  # the EMA's own state holds its (teacher) decay
-            self.plan.set_burn(int(st["burn_epochs"]))
-        _set_rng_state(st["rng"])
-        if self.ctx.is_main:
-            from effteacher.utils.console import info
-
-            of = f" of {self.plan.end}" if self.plan.end else " (burn-in until validation plateaus)"
-            info(f"resuming {self.run_dir} from epoch {self.start_epoch + 1}{of}")
 
     # ------------------------------------------------------------------------- small helpers
     def _to_input(self, imgs: torch.Tensor) -> torch.Tensor:
@@ -538,18 +375,3 @@ def _set_loader_epoch(loader: Any, epoch: int) -> None:
         loader.sampler.set_epoch(epoch)
     if hasattr(loader.dataset, "set_epoch"):
         loader.dataset.set_epoch(epoch)
-
-
-def _rng_state() -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": torch.tensor(np.random.get_state()[1].astype(np.int64)),
-        "python": torch.tensor([random.getrandbits(31) for _ in range(4)]),
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.seed(int(state["numpy"][0]) % (2**32))
-    random.seed(int(state["python"].sum()))
-

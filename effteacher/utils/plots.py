@@ -260,7 +260,8 @@ def plot_pseudo_batch(weak: Any, strong: Any, weak_dets: Sequence[Any], strong_t
     weak, strong: uint8 (B, 3, S, S). weak_dets: per image (n, 7) pixel ``x1 y1 x2 y2 score cls obj``
     in the weak view. strong_targets: (N, 9) ``[img, cls, cx, cy, w, h, w_cls, w_box, obj_target]``
     norm to the strong view. tau2: float or (nc,). Reliable boxes (teacher score >= tau2; pseudo
-    targets with w_cls = 1) are thick and solid with a label, uncertain ones thin and dashed.
+    targets with w_cls = 1) are thick and solid, uncertain ones thin and dashed; every teacher box is labelled
+    with its class and score, every pseudo target with its class ('?' when uncertain).
     """
     n = 0 if weak is None else min(len(weak), max_images)
     if n == 0:
@@ -282,14 +283,14 @@ def plot_pseudo_batch(weak: Any, strong: Any, weak_dets: Sequence[Any], strong_t
         cls = d[:, 5].astype(np.int64)
         thr = tau[np.clip(cls, 0, len(tau) - 1)] if len(tau) > 1 else np.full(len(cls), tau[0] if len(tau) else 0.5)
         rel = d[:, 4] >= thr
-        labels = [f"{_name(names, k)} {sc:.2f}" if r else "" for k, sc, r in zip(cls.tolist(), d[:, 4].tolist(), rel)]
+        labels = [f"{_name(names, k)} {sc:.2f}" for k, sc in zip(cls.tolist(), d[:, 4].tolist())]
         _draw_xyxy(tiles[2 * i], d[:, :4] * s, cls, labels, rel, thick, fs)
         ti = t[t[:, 0] == i]
         cx, cy, bw, bh = ti[:, 2] * w, ti[:, 3] * h, ti[:, 4] * w, ti[:, 5] * h
         xyxy = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1)
         c2 = ti[:, 1].astype(np.int64)
         rel2 = ti[:, 6] >= 0.5 if ti.shape[1] > 6 else np.ones(len(ti), bool)
-        _draw_xyxy(tiles[2 * i + 1], xyxy, c2, [_name(names, k) if r else "" for k, r in zip(c2.tolist(), rel2)],
+        _draw_xyxy(tiles[2 * i + 1], xyxy, c2, [_name(names, k) if r else f"{_name(names, k)}?" for k, r in zip(c2.tolist(), rel2)],
                    rel2, thick, fs)
         _label(tiles[2 * i], "weak: teacher", 0, h - 1, (60, 60, 60), fs)
         _label(tiles[2 * i + 1], "strong: pseudo", 0, h - 1, (60, 60, 60), fs)
