@@ -100,12 +100,19 @@ def _track(run_dir: Path, t0: float, prior: float, fn: Any) -> None:
 
 
 def rows(run_dir: Path) -> list[dict[str, float]]:
-    """Validated rows of a run's results.csv (empty cells and unvalidated epochs dropped)."""
+    """Validated rows of a run's results.csv as floats; empty (unmeasured) cells are left out of each row.
+
+    A row is validated when its ``metrics/mAP50`` cell is not empty. Files written before unmeasured cells
+    were left empty (no ``train/steps`` column) held 0 for epochs without validation: there a row counts
+    only when its mAP50 is above 0.
+    """
     out = []
     with open(run_dir / "results.csv") as f:
-        for r in csv.DictReader(f):
+        reader = csv.DictReader(f)
+        legacy = "train/steps" not in (reader.fieldnames or [])
+        for r in reader:
             d = {k: float(v) for k, v in r.items() if v not in ("", None)}
-            if d.get("metrics/mAP50", 0.0) > 0:
+            if "metrics/mAP50" in d and (d["metrics/mAP50"] > 0 or not legacy):
                 out.append(d)
     return out
 

@@ -18,7 +18,6 @@ Special overrides (not config keys): ``_agnostic: true`` = class-agnostic teache
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -96,16 +95,21 @@ def variant(root: Path, seed: int, name: str, n_ssod: int, overrides: dict[str, 
         T.resumed_config = orig_rc
         for k, v in saved.items():
             setattr(T.Trainer, k, v)
-    with open(dst / "results.csv") as f:
-        rs = [r for r in csv.DictReader(f) if float(r["metrics/mAP50"]) > 0]
+    from benchmarks.branch import rows as validated_rows
+
     keys = ["metrics/mAP50-95", "metrics/mAP50", "pseudo/precision", "pseudo/precision_agnostic", "pseudo/recall",
             "pseudo/reliable", "pseudo/uncertain"]
-    rows = [[int(float(r["epoch"]))] + [round(float(r.get(k) or 0.0), 4) for k in keys] for r in rs][-(n_ssod + 1):]
+    rows = [[int(r["epoch"])] + [None if k not in r else round(r[k], 4) for k in keys]  # None: not measured
+            for r in validated_rows(dst)][-(n_ssod + 1):]
     out = {"name": name, "seed": seed, "overrides": {**overrides, **special}, "columns": ["epoch", *keys], "rows": rows}
     with open(root / "summary.jsonl", "a") as f:
         f.write(json.dumps(out) + "\n")
     print("RESULT", json.dumps(out), flush=True)
     return out
+
+
+def _f2(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
 
 
 def summarise(root: Path) -> None:
@@ -120,7 +124,7 @@ def summarise(root: Path) -> None:
     for r in runs:
         end = r["rows"][n]
         parts.append(f"{r['name']} {end[1]:.3f}")
-        prec = ", ".join(f"{row[3]:.2f}/{row[4]:.2f}" for row in r["rows"][1:n + 1])
+        prec = ", ".join(f"{_f2(row[3])}/{_f2(row[4])}" for row in r["rows"][1:n + 1])
         details.append(f"- {r['name']} (seed {r['seed']}, {json.dumps(r['overrides'])}): mAP50-95 "
                        + " -> ".join(f"{row[1]:.3f}" for row in r["rows"][: n + 1])
                        + (f"; reliable pseudo precision class/agnostic per epoch {prec}" if any(row[4] for row in r["rows"][1:]) else ""))
