@@ -355,6 +355,14 @@ def test_run_leaves_unvalidated_epochs_empty_and_tables_for_the_end(finished):
     assert "val: P " in output
 
 
+def test_verbose_prints_the_per_class_table_at_every_validation(tiny_data, tmp_path):
+    res = _invoke(["train", "--data", str(tiny_data), "--supervised", "--labeled", "50%", "--epochs", "1", *TINY,
+                   "--project", str(tmp_path), "--verbose"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("mAP50-95\n") == 2  # after the epoch's validation and at the end
+    assert yaml.safe_load((tmp_path / "exp" / "args.yaml").read_text())["verbose"] is True
+
+
 def test_benchmark_reader_keeps_measured_rows_only(tmp_path):
     from benchmarks.branch import rows
 
