@@ -93,6 +93,8 @@ def finished_run(cfg: TrainConfig) -> Path | None:
 
     Raises ConfigError for ``--epochs N`` at or below the epochs the run has done (nothing is written).
     """
+    from rich.markup import escape
+
     from effteacher.engine.checkpoint import load_checkpoint
     from effteacher.utils.console import info
 
@@ -118,8 +120,9 @@ def finished_run(cfg: TrainConfig) -> Path | None:
         raise ConfigError(f"--epochs {cfg.epochs}: {run_dir} has a burn-in of {burn} epochs, so no semi-supervised "
                           f"epoch would follow; pass --epochs above {burn}")
     if cfg.epochs == 0 and finished:
-        info(f"{run_dir} is finished ({done} epochs); nothing to resume and nothing was changed. Its model: "
-             f"{run_dir / 'weights' / 'best.pt'}. To train longer: effteacher train --resume {run_dir} --epochs {more}")
+        info(escape(f"{run_dir} is finished ({done} epochs); nothing to resume and nothing was changed. Its model: "
+                    f"{run_dir / 'weights' / 'best.pt'}. To train longer: effteacher train --resume {run_dir} "
+                    f"--epochs {more}"))
         return run_dir
     return None
 
