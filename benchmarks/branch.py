@@ -100,20 +100,20 @@ def _track(run_dir: Path, t0: float, prior: float, fn: Any) -> None:
 
 
 def rows(run_dir: Path) -> list[dict[str, float]]:
-    """Validated rows of a run's results.csv, empty cells dropped.
+    """Validated rows of a run's results.csv as floats; empty (unmeasured) cells are left out of each row.
 
-    Unvalidated epochs have empty metric cells; files written before that (metric 0 when not measured)
-    are read the old way (no empty cell, some mAP50 above 0): a row counts as validated when its mAP50 is above 0.
+    A row is validated when its ``metrics/mAP50`` cell is not empty. Files written before unmeasured cells
+    were left empty (no ``train/steps`` column) held 0 for epochs without validation: there a row counts
+    only when its mAP50 is above 0.
     """
-    with open(run_dir / "results.csv") as f:
-        raw = list(csv.DictReader(f))
-    cells = [r.get("metrics/mAP50") for r in raw]
-    legacy = all(c not in ("", None) for c in cells) and any(float(c) > 0 for c in cells)
     out = []
-    for r in raw:
-        d = {k: float(v) for k, v in r.items() if v not in ("", None)}
-        if "metrics/mAP50" in d and (not legacy or d["metrics/mAP50"] > 0):
-            out.append(d)
+    with open(run_dir / "results.csv") as f:
+        reader = csv.DictReader(f)
+        legacy = "train/steps" not in (reader.fieldnames or [])
+        for r in reader:
+            d = {k: float(v) for k, v in r.items() if v not in ("", None)}
+            if "metrics/mAP50" in d and (d["metrics/mAP50"] > 0 or not legacy):
+                out.append(d)
     return out
 
 

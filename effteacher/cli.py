@@ -29,7 +29,8 @@ def _call(ctx: typer.Context, fn: Callable[[], Any]) -> Any:
             raise
         from effteacher.utils.console import error
 
-        error(str(e))
+        for line in str(e).splitlines() or [type(e).__name__]:
+            error(line)  # one ERROR line per problem
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         from effteacher.utils.console import error
@@ -50,12 +51,27 @@ def _burn_in(value: str) -> int | str:
     return int(v)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from effteacher import __version__
+
+        typer.echo(f"effteacher {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks for errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     ctx.obj = {"verbose": verbose}
+
+
+def _checked(**options: Any) -> dict[str, Any]:
+    from effteacher.engine.validate import check_options
+
+    return check_options(**options)
 
 
 @app.command()
@@ -63,7 +79,7 @@ def train(
     ctx: typer.Context,
     data: Optional[str] = typer.Option(None, help="Dataset YAML, or 'sample' (default) for the bundled sample dataset."),
     labeled: Optional[str] = typer.Option(None, help="Labeled part of train: '10%' (default), '0.1' or a count '200'."),
-    model: Optional[str] = typer.Option(None, help="n (default)|s|m|l|x|retina-r18|retina-r50"),
+    model: Optional[str] = typer.Option(None, help="n (default), s, m, l, x, retina-r18 or retina-r50."),
     epochs: Optional[int] = typer.Option(None, help="Total epochs, burn-in included (default: auto, sized from the data)."),
     burn_in: Optional[str] = typer.Option(None, "--burn-in", help="Burn-in before SSOD: 'auto' (default: until validation plateaus) or epochs over L."),
     imgsz: Optional[int] = typer.Option(None, help="Train/val image size in pixels (640; 256 for the sample data)."),
@@ -82,6 +98,7 @@ def train(
     patience: Optional[int] = typer.Option(None, help="Early-stop patience in epochs (100)."),
     nproc: int = typer.Option(1, help="Processes for DDP on CPU (gloo), e.g. --device cpu --nproc 2."),
     cfg: Optional[Path] = typer.Option(None, help="YAML with any TrainConfig keys (the args.yaml format) over the dataset's defaults."),
+    verbose: Optional[bool] = typer.Option(None, "--verbose", help="Per-class validation and threshold tables after every validation (default: at the end only)."),
 ) -> None:
     """Train a detector, semi-supervised by default (supervised with --supervised)."""
 
@@ -93,7 +110,7 @@ def train(
         given = dict(
             data=data, labeled=labeled, model=model, epochs=epochs, burn_in=burn_in, imgsz=imgsz, batch=batch,
             device=device, weights=weights, resume=resume, supervised=supervised, seed=seed, project=project,
-            name=name, exist_ok=exist_ok, workers=workers, amp=amp, patience=patience,
+            name=name, exist_ok=exist_ok, workers=workers, amp=amp, patience=patience, verbose=verbose,
         )
         changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
         if burn_in is not None:
@@ -128,7 +145,8 @@ def val(
     def run() -> Any:
         from effteacher.engine.evaluator import run_val
 
-        return run_val(weights=weights, data=data, imgsz=imgsz, batch=batch, conf=conf, iou=iou, split=split,
+        o = _checked(imgsz=imgsz, batch=batch, conf=conf, iou=iou, workers=workers)
+        return run_val(weights=weights, data=data, imgsz=o["imgsz"], batch=batch, conf=conf, iou=iou, split=split,
                        device=device, workers=workers, project=project, name=name, exist_ok=exist_ok)
 
     _call(ctx, run)
@@ -156,7 +174,8 @@ def predict(
     def run() -> Any:
         from effteacher.engine.predictor import run_predict
 
-        return run_predict(source=source, weights=weights, conf=conf, iou=iou, max_det=max_det, imgsz=imgsz,
+        imgsz_ = _checked(imgsz=imgsz, conf=conf, iou=iou, max_det=max_det)["imgsz"]
+        return run_predict(source=source, weights=weights, conf=conf, iou=iou, max_det=max_det, imgsz=imgsz_,
                            device=device, save_txt=save_txt, save_json=save_json, save_images=save_images,
                            project=project, name=name, exist_ok=exist_ok)
 
@@ -183,7 +202,8 @@ def export(
     def run() -> Any:
         from effteacher.export.api import run_export
 
-        return run_export(weights=weights, format=format, imgsz=imgsz, batch=batch, dynamic=dynamic, half=half,
+        o = _checked(imgsz=imgsz, batch=batch, opset=opset, max_det=max_det)
+        return run_export(weights=weights, format=format, imgsz=o["imgsz"], batch=batch, dynamic=dynamic, half=half,
                           opset=opset, nms=nms, max_det=max_det, simplify=simplify, device=device)
 
     _call(ctx, run)
@@ -204,6 +224,7 @@ def split(
     def run() -> Any:
         from effteacher.data.split import run_split
 
+        _checked(labeled=labeled, seed=seed)
         return run_split(data=data, labeled=labeled, seed=seed, project=project, name=name, exist_ok=exist_ok)
 
     _call(ctx, run)

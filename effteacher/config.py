@@ -143,6 +143,7 @@ class TrainConfig:
     patience: int = 100
     cache: bool = False  # RAM cache of resized images
     val_every: int = 1  # validate every N epochs (always: SSOD epochs, the last burn-in epoch, the last epoch)
+    verbose: bool = False  # per-class validation and threshold tables after every validation (else at the end only)
     aug: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -71,8 +71,26 @@ def test_truncated_file(tmp_path: Path, model: torch.nn.Module) -> None:
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         load_checkpoint(path)
     path.write_bytes(b"")
-    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+    with pytest.raises(CheckpointError, match="empty"):
         load_checkpoint(path)
+
+
+def test_truncated_message_is_whole_and_points_elsewhere(tmp_path: Path, model: torch.nn.Module) -> None:
+    """A cut last.pt: one whole sentence (no torch internals cut mid-word) that suggests best.pt, not last.pt."""
+    w = tmp_path / "exp" / "weights"
+    ck = make_checkpoint(model, ["a", "b"], 64, "model", 0, {}, {})
+    data = save_checkpoint(w / "last.pt", ck).read_bytes()
+    save_checkpoint(w / "best.pt", ck)
+    (w / "last.pt").write_bytes(data[: len(data) - 100])
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(w / "last.pt")
+    msg = str(e.value)
+    assert msg.startswith(f"{w / 'last.pt'}: the PyTorch file is truncated or corrupt")
+    assert f"use {w / 'best.pt'} instead" in msg and msg.count("last.pt") == 1
+    assert "miniz" not in msg and "\n" not in msg
+    (w / "best.pt").unlink()
+    with pytest.raises(CheckpointError, match="re-copy it or re-train$"):
+        load_checkpoint(w / "last.pt")
 
 
 def test_plain_state_dict(tmp_path: Path, model: torch.nn.Module) -> None:
@@ -109,7 +127,19 @@ def test_state_dict_mismatch(model: torch.nn.Module) -> None:
 
 def test_junk_bytes(tmp_path: Path) -> None:
     path = tmp_path / "junk.pt"
-    for data in (b"junk\n", bytes(range(256)) * 4):
+    for data in (b"junk\n", bytes(range(256)) * 4, np.random.default_rng(0).bytes(4096)):
         path.write_bytes(data)
-        with pytest.raises(CheckpointError, match=str(path.name)):
+        with pytest.raises(CheckpointError, match=str(path.name)) as e:
             load_checkpoint(path)
+        assert "not a PyTorch checkpoint" in str(e.value) and "pickled" not in str(e.value)
+
+
+def test_first_line_never_cuts_a_word() -> None:
+    from effteacher.engine.checkpoint import first_line
+
+    long = RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central directory. This is an "
+                        "internal miniz error. If you are seeing this error, the file is probably corrupted.")
+    assert first_line(long) == "PytorchStreamReader failed reading zip archive: failed finding central directory"
+    words = RuntimeError(" ".join(["abcdefghij"] * 30))
+    out = first_line(words)
+    assert len(out) <= 120 and out.endswith("abcdefghij...")

@@ -76,10 +76,19 @@ def test_validation_messages_and_summary(broken):
         assert e in msgs, e
     assert "skipped" in msgs and "fix or delete the row" in msgs  # what to do
     assert len(res.messages) == len(expected)
-    assert res.n_found == 15 and res.n_corrupt == 9 and res.n_duplicates == 2 and res.n_background == 2
-    assert res.summary() == "15 images, 2 backgrounds, 9 corrupt, 2 duplicates removed"
+    # one bad row among valid ones: the row is skipped, the image keeps its other boxes
+    bad_row = next(m for m in res.messages if "class_out_of_range.txt:3" in m)
+    assert "row skipped (the image's other boxes are kept)" in bad_row
+    # every row bad: the image is skipped, never turned into a background
+    assert "image" in next(m for m in res.messages if "negative_class.txt:1" in m) and \
+        "no valid row left" in next(m for m in res.messages if "negative_class.txt:1" in m)
+    assert res.n_found == 15 and res.n_corrupt == 8 and res.n_duplicates == 2 and res.n_background == 2
+    assert res.n_bad_rows == 6
+    assert res.summary() == "15 images, 2 backgrounds, 8 corrupt, 6 bad rows skipped, 2 duplicates removed"
     by = {Path(r.path).stem: r for r in res.records}
-    assert sorted(by) == ["background_empty", "background_missing", "duplicates", "good", "segment", "tiny_excess"]
+    assert sorted(by) == ["background_empty", "background_missing", "class_out_of_range", "duplicates", "good",
+                          "segment", "tiny_excess"]
+    np.testing.assert_array_equal(by["class_out_of_range"].cls, [0, 1])
     assert by["good"].shape == (48, 64)
     np.testing.assert_array_equal(by["good"].cls, [0, 1])
     np.testing.assert_allclose(by["good"].boxes, [[0.5, 0.5, 0.2, 0.4], [0.25, 0.25, 0.1, 0.1]], atol=1e-6)

@@ -18,7 +18,7 @@ from effteacher.errors import DatasetError
 from effteacher.utils.boxes import xywh2xyxy, xyxy2xywh
 from effteacher.utils.files import atomic_write, default_cache_dir
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: bad label rows are skipped, the image kept (entries hold nbad)
 COORD_TOL = 1e-3  # coordinates up to this far outside 0-1 are clipped, further is an error
 MIN_IMAGE_SIZE = 10  # pixels, as YOLOv5
 MAX_WARNINGS = 10  # printed by a scan; all of them are in ScanResult.messages
@@ -33,13 +33,14 @@ class ScanResult:
     n_background: int = 0
     n_corrupt: int = 0
     n_duplicates: int = 0
+    n_bad_rows: int = 0  # label rows skipped (their image kept when it has a valid row)
     messages: list[str] = field(default_factory=list)
     n_cached: int = 0  # entries reused from the cache
     cache_path: Path | None = None  # where the cache was written (None: nowhere writable)
 
     def summary(self) -> str:
         return (f"{self.n_found} images, {self.n_background} backgrounds, {self.n_corrupt} corrupt, "
-                f"{self.n_duplicates} duplicates removed")
+                f"{self.n_bad_rows} bad rows skipped, {self.n_duplicates} duplicates removed")
 
 
 @dataclass
@@ -52,14 +53,16 @@ class _Entry:
     ok: bool
     ndup: int = 0
     msgs: list[str] = field(default_factory=list)
+    nbad: int = 0  # label rows skipped
 
 
-def _bad(msg: str) -> _Entry:
-    return _Entry((0, 0), np.zeros(0, np.int64), np.zeros((0, 4), np.float32), False, 0, [msg])
+def _bad(msg: str, nbad: int = 0) -> _Entry:
+    return _Entry((0, 0), np.zeros(0, np.int64), np.zeros((0, 4), np.float32), False, 0, [msg], nbad)
 
 
-def image_shape(path: str | Path) -> tuple[int, int]:
-    """(h, w) of an image after EXIF rotation, reading headers only; ValueError if corrupt or tiny."""
+def image_shape(path: str | Path, min_size: int = MIN_IMAGE_SIZE) -> tuple[int, int]:
+    """(h, w) of an image after EXIF rotation, reading headers only (a JPEG without its end marker is decoded
+    to find truncation); ValueError if corrupt, truncated or below ``min_size`` pixels."""
     try:
         with Image.open(path) as im:
             im.verify()  # structure/CRC check, no full decode
@@ -71,8 +74,8 @@ def image_shape(path: str | Path) -> tuple[int, int]:
         raise ValueError(f"corrupt image ({type(e).__name__}: {e})") from e
     if orient in (5, 6, 7, 8):
         h, w = w, h
-    if min(h, w) < MIN_IMAGE_SIZE:
-        raise ValueError(f"image size {w}x{h} < {MIN_IMAGE_SIZE} px")
+    if min(h, w) < min_size:
+        raise ValueError(f"image size {w}x{h} < {min_size} px")
     if fmt == "JPEG":
         with open(path, "rb") as f:
             f.seek(-2, os.SEEK_END)
@@ -122,6 +125,12 @@ def validate_rows(rows: np.ndarray, tags: list[str], nc: int) -> tuple[np.ndarra
     row: non-finite, class not an integer in [0, nc), coordinates beyond ``COORD_TOL`` outside 0-1,
     zero or negative size. Tiny excess and boxes sticking out of the image are clipped.
     """
+    cls, boxes, _, errors = check_rows(rows, tags, nc)
+    return cls, boxes, errors
+
+
+def check_rows(rows: np.ndarray, tags: list[str], nc: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """``validate_rows`` plus the (n,) bool mask of the bad rows."""
     cls, xywh = rows[:, 0], rows[:, 1:]
     finite = np.isfinite(rows).all(1)
     checks = [
@@ -142,7 +151,7 @@ def validate_rows(rows: np.ndarray, tags: list[str], nc: int) -> tuple[np.ndarra
         bad |= mask
     xyxy = np.clip(xywh2xyxy(np.clip(xywh, 0.0, 1.0)), 0.0, 1.0)
     cls = np.where(finite, cls, -1).astype(np.int64)
-    return cls, xyxy2xywh(xyxy).astype(np.float32), sorted(errors, key=_line_order)
+    return cls, xyxy2xywh(xyxy).astype(np.float32), bad, sorted(errors, key=_line_order)
 
 
 def _line_order(msg: str) -> tuple[str, int]:
@@ -163,16 +172,24 @@ def _dedupe(cls: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray,
 
 def _finish(path: str, shape: tuple[int, int], rows: np.ndarray, tags: list[str], errors: list[str],
             nc: int, where: str) -> _Entry:
-    """Validate parsed rows of one image into an entry (skipped if any row is bad)."""
-    cls, boxes, verr = validate_rows(rows, tags, nc)
-    errors = errors + verr
-    if errors:
-        return _Entry((0, 0), np.zeros(0, np.int64), np.zeros((0, 4), np.float32), False, 0,
-                      [f"{e}; image {path} skipped, fix or delete the row" for e in errors])
+    """Validate parsed rows of one image into an entry.
+
+    A bad row is skipped and reported (file:line), the image keeps its valid rows: one typo in a label file
+    should not cost every good box of the image, which matters most when labels are few (YOLOv5 drops the
+    whole image instead). An image whose every row is bad is skipped, never trained as a background.
+    """
+    cls, boxes, bad, verr = check_rows(rows, tags, nc)
+    errors = sorted(errors + verr, key=_line_order)
+    nbad = len(errors)
+    if errors and not (~bad).any():
+        msgs = [f"{e}; image {path} skipped (no valid row left), fix or delete the row" for e in errors]
+        return _Entry((0, 0), np.zeros(0, np.int64), np.zeros((0, 4), np.float32), False, 0, msgs, nbad)
+    cls, boxes = cls[~bad], boxes[~bad]
+    msgs = [f"{e}; row skipped (the image's other boxes are kept), fix or delete the row" for e in errors]
     cls, boxes, ndup = _dedupe(cls, boxes)
-    dup = f"{where}: {ndup} duplicate rows removed (file left unchanged; delete them to silence this)"
-    msgs = [dup] if ndup else []
-    return _Entry(shape, cls, boxes, True, ndup, msgs)
+    if ndup:
+        msgs.append(f"{where}: {ndup} duplicate rows removed (file left unchanged; delete them to silence this)")
+    return _Entry(shape, cls, boxes, True, ndup, msgs, nbad)
 
 
 def _scan_yolo(img: str, nc: int | None) -> _Entry:
@@ -238,15 +255,15 @@ def _load_cache(locs: list[Path], meta: str) -> dict[str, tuple[str, _Entry]]:
                 if str(z["meta"]) != meta:
                     continue
                 paths, stamps, shapes, ok, ndup = z["paths"], z["stamps"], z["shapes"], z["ok"], z["ndup"]
-                counts, cls, boxes, msgs = z["counts"], z["cls"], z["boxes"], z["msgs"]
+                counts, cls, boxes, msgs, nbad = z["counts"], z["cls"], z["boxes"], z["msgs"], z["nbad"]
         except (OSError, KeyError, ValueError):
             continue
         ends = np.cumsum(counts)
         starts = ends - counts
         return {
             str(p): (str(s), _Entry((int(sh[0]), int(sh[1])), cls[a:b].copy(), boxes[a:b].copy(), bool(o), int(d),
-                                    [m for m in str(ms).split("\n") if m]))
-            for p, s, sh, o, d, a, b, ms in zip(paths, stamps, shapes, ok, ndup, starts, ends, msgs)
+                                    [m for m in str(ms).split("\n") if m], int(nb)))
+            for p, s, sh, o, d, a, b, ms, nb in zip(paths, stamps, shapes, ok, ndup, starts, ends, msgs, nbad)
         }
     return {}
 
@@ -256,6 +273,7 @@ def _save_cache(locs: list[Path], meta: str, paths: list[str], stamps: list[str]
         meta=np.array(meta), paths=np.array(paths, dtype=str), stamps=np.array(stamps, dtype=str),
         shapes=np.array([e.shape for e in entries], np.int64).reshape(-1, 2),
         ok=np.array([e.ok for e in entries], bool), ndup=np.array([e.ndup for e in entries], np.int64),
+        nbad=np.array([e.nbad for e in entries], np.int64),
         counts=np.array([len(e.cls) for e in entries], np.int64),
         cls=np.concatenate([e.cls for e in entries] + [np.zeros(0, np.int64)]),
         boxes=np.concatenate([e.boxes for e in entries] + [np.zeros((0, 4), np.float32)]),
@@ -345,6 +363,7 @@ def _scan(sources: list[Path], names: list[str] | None, cache_dir: Path | None, 
     for p, e in zip(paths, done):
         res.messages += e.msgs
         res.n_duplicates += e.ndup
+        res.n_bad_rows += e.nbad
         if not e.ok:
             res.n_corrupt += 1
             continue

@@ -110,11 +110,19 @@ def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> Path:
     return path
 
 
-def first_line(e: BaseException) -> str:
-    """The first line of an exception message (its type name when empty), at most 120 characters."""
+def first_line(e: BaseException, limit: int = 120) -> str:
+    """The first line of an exception message (its type name when empty), at most ``limit`` characters:
+    a longer line ends at its first sentence if that fits, else at a word boundary with '...' (never mid-word)."""
     lines = str(e).strip().splitlines()
     line = lines[0] if lines else ""
-    return (line if any(ch.isalpha() for ch in line) else f"{type(e).__name__} {line}".strip())[:120]
+    line = line if any(ch.isalpha() for ch in line) else f"{type(e).__name__} {line}".strip()
+    if len(line) <= limit:
+        return line
+    end = line.find(". ")
+    if 0 < end < limit:
+        return line[:end]
+    cut = line.rfind(" ", 0, limit - 3)
+    return line[:cut if cut > 0 else limit - 3].rstrip(" ,;:") + "..."
 
 
 def _describe_foreign(obj: Any) -> str:
@@ -127,6 +135,58 @@ def _describe_foreign(obj: Any) -> str:
             return "an ultralytics/YOLOv5-style training checkpoint"
         return f"a dict with keys {sorted(map(str, keys))[:6]}"
     return f"a {type(obj).__name__}"
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format (a zip archive)
+SIBLINGS = ("best.pt", "last.pt", "burn_in.pt")  # checkpoints a run folder's weights/ may hold
+
+
+def _kind(head: bytes) -> str:
+    """What the first bytes of a file say it is: 'empty', 'zip' (torch.save), 'pickle' (legacy torch.save) or
+    'unknown'."""
+    if not head:
+        return "empty"
+    if head.startswith(ZIP_MAGIC):
+        return "zip"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    return "unknown"
+
+
+def _what_to_do(path: Path) -> str:
+    """For a broken ``path``: the other checkpoints beside it (never ``path`` itself), else re-copy / re-train."""
+    others = [p for p in (path.parent / n for n in SIBLINGS) if p.is_file() and p.resolve() != path.resolve()]
+    if others:
+        return f"use {' or '.join(str(p) for p in others)} instead, or re-copy or re-train it"
+    return "re-copy it or re-train"
+
+
+def unreadable_message(path: Path, e: BaseException) -> str:
+    """One line for a file ``torch.load(weights_only=True)`` refused with ``e``: what the file is and what to do.
+
+    Told apart by the file's first bytes (not by torch's message, which is long and version-dependent): an
+    empty file, a truncated or damaged archive, pickled Python objects (ultralytics/YOLOv5 .pt files, refused
+    because loading them could run code) and files that are not PyTorch files at all.
+    """
+    with open(path, "rb") as f:
+        head = f.read(8)
+    size = path.stat().st_size
+    kind = _kind(head)
+    retrain = _what_to_do(path)
+    if kind == "empty":
+        return f"{path}: the file is empty (0 bytes), e.g. a copy or download that failed; {retrain}"
+    if isinstance(e, pickle.UnpicklingError) and kind in ("zip", "pickle"):
+        text = str(e)
+        hint = ""
+        if "models.yolo" in text or "ultralytics" in text or "models.common" in text:
+            hint = " It looks like an ultralytics/YOLOv5 checkpoint (a pickled model object)."
+        return (f"{path}: not an effteacher checkpoint: it contains pickled Python objects that cannot be loaded "
+                f"safely.{hint} Pass a checkpoint written by `effteacher train` (weights/best.pt or last.pt)")
+    if kind in ("zip", "pickle"):
+        return (f"{path}: the PyTorch file is truncated or corrupt ({size} bytes; it ends early or is damaged, "
+                f"e.g. an interrupted copy); {retrain}")
+    return (f"{path}: not a PyTorch checkpoint (its {size} bytes are neither a torch.save archive nor a pickle); "
+            "pass a checkpoint written by `effteacher train` (weights/best.pt or last.pt)")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -143,20 +203,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: is a folder; pass a .pt file such as {path}/weights/best.pt")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        msg = str(e)
-        hint = ""
-        if "models.yolo" in msg or "ultralytics" in msg or "models.common" in msg:
-            hint = " It looks like an ultralytics/YOLOv5 checkpoint (a pickled model object)."
-        raise CheckpointError(
-            f"{path}: not an effteacher checkpoint: it contains pickled Python objects that cannot be loaded "
-            f"safely.{hint} Train or convert with effteacher, or pass a checkpoint written by `effteacher train`."
-        ) from None
     except Exception as e:  # noqa: BLE001 - torch.load raises many types (KeyError, EOFError, ...) for junk
-        raise CheckpointError(
-            f"{path}: cannot read weights file (truncated or corrupt: {first_line(e)}); "
-            "use another checkpoint (e.g. weights/last.pt or best.pt) or re-download/re-train it"
-        ) from None
+        raise CheckpointError(unreadable_message(path, e)) from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(
             f"{path}: not an effteacher checkpoint (it holds {_describe_foreign(obj)}); "

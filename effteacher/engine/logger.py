@@ -12,13 +12,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 from effteacher.utils.files import atomic_write_text
 
 PROGRESS_KEYS = ("box", "obj", "cls", "unsup", "pseudo")
-_W = 10  # column width of the progress line
 
 
 def _fmt(v: Any) -> str:
@@ -103,6 +103,72 @@ class CSVLogger:
         return kept
 
 
+# results.csv columns. A cell that was not measured in an epoch is left empty (never 0): the metrics of an
+# epoch without validation, the unsup/pseudo columns of burn-in epochs, pseudo precision/recall without hidden
+# labels, the domain loss without domain adaptation. train/steps counts optimizer steps (burn-in epochs pass
+# over L, SSOD epochs over U, so epochs differ in length; plot against steps).
+RESULTS_COLUMNS = [
+    "epoch", "time", "train/iterations", "train/steps", "train/box_loss", "train/obj_loss", "train/cls_loss",
+    "unsup/box_loss", "unsup/obj_loss", "unsup/cls_loss", "unsup/da_loss",
+    "pseudo/reliable", "pseudo/uncertain", "pseudo/tau1", "pseudo/tau2", "pseudo/precision", "pseudo/recall",
+    "pseudo/precision_agnostic",
+    "metrics/precision", "metrics/recall", "metrics/mAP50", "metrics/mAP50-95", "lr",
+]
+# results.csv column <- key of the trainer's epoch means (absent key = not measured this epoch)
+_MEANS = {
+    "train/box_loss": "box", "train/obj_loss": "obj", "train/cls_loss": "cls", "unsup/box_loss": "ubox",
+    "unsup/obj_loss": "uobj", "unsup/cls_loss": "ucls", "unsup/da_loss": "da", "pseudo/reliable": "reliable",
+    "pseudo/uncertain": "uncertain", "pseudo/tau1": "tau1", "pseudo/tau2": "tau2",
+}
+# pseudo-label quality column <- (numerator, denominator) of the epoch's counts (ssod_step.pseudo_quality)
+_RATIOS = {
+    "pseudo/precision": ("pseudo_tp", "pseudo_pred"), "pseudo/recall": ("pseudo_tp", "pseudo_gt"),
+    "pseudo/precision_agnostic": ("pseudo_tp_agnostic", "pseudo_pred"),
+}
+
+
+def results_row(epoch: int, seconds: float, iterations: int, steps: int, means: Mapping[str, float],
+                metrics: Mapping[str, float], lr: float, domain_adapt: bool = True) -> dict[str, Any]:
+    """One results.csv row: ``epoch`` 1-based, ``means`` the epoch's mean losses/pseudo counts (keys of a burn-in
+    or SSOD epoch), ``metrics`` the validation's ``metrics/*`` ({} when the epoch was not validated).
+
+    Pseudo precision/recall are ratios of the epoch's counts (``pseudo_tp / pseudo_pred``, ...).
+    What was not measured is None (an empty cell): missing means, missing metrics, a ratio with nothing to
+    divide by (no reliable pseudo box, no hidden box), and ``unsup/da_loss`` when ``domain_adapt`` is off.
+    """
+    row: dict[str, Any] = {"epoch": epoch, "time": round(seconds, 2), "train/iterations": iterations,
+                           "train/steps": steps, "lr": lr}
+    for col, key in _MEANS.items():
+        row[col] = float(means[key]) if key in means else None
+    for col, (num, den) in _RATIOS.items():
+        row[col] = float(means[num]) / float(means[den]) if float(means.get(den, 0.0)) > 0 else None
+    if not domain_adapt:
+        row["unsup/da_loss"] = None
+    for col in RESULTS_COLUMNS:
+        if col.startswith("metrics/"):
+            row[col] = float(metrics[col]) if col in metrics else None
+    return row
+
+
+def epoch_summary(row: Mapping[str, Any]) -> list[str]:
+    """At most two short lines after an epoch: the validation (when there was one) and the pseudo labels
+    (SSOD epochs). The per-class tables come at the end of the run (or every epoch with --verbose)."""
+    pad = " " * 8
+    lines = []
+    if row.get("metrics/mAP50") is not None:
+        lines.append(f"{pad}val: P {row['metrics/precision']:.3f}  R {row['metrics/recall']:.3f}  "
+                     f"mAP50 {row['metrics/mAP50']:.3f}  mAP50-95 {row['metrics/mAP50-95']:.3f}")
+    if row.get("pseudo/reliable") is not None:
+        text = (f"{pad}pseudo/batch: {row['pseudo/reliable']:.1f} reliable, {row['pseudo/uncertain']:.1f} "
+                f"uncertain")
+        if row.get("pseudo/tau2") is not None:
+            text += f"; tau {row['pseudo/tau1']:.2f}/{row['pseudo/tau2']:.2f}"
+        if row.get("pseudo/precision") is not None:
+            text += f"; P {row['pseudo/precision']:.2f} R {row['pseudo/recall']:.2f}"
+        lines.append(text)
+    return lines
+
+
 def memory_gb() -> float:
     """Peak memory of this process in GB: CUDA max reserved if CUDA is in use, else peak RSS."""
     try:
@@ -142,13 +208,65 @@ def progress_values(means: Mapping[str, float]) -> dict[str, float | None]:
     return out
 
 
+# The progress row: (header, cell width) in display order, and the order in which columns are kept when the
+# terminal is narrow (Epoch and box always; then obj, cls, ...). The bar, batch count and ETA always show.
+PROGRESS_COLUMNS = (("Epoch", 8), ("Mem", 7), ("box", 8), ("obj", 8), ("cls", 8), ("unsup", 8), ("pseudo", 8),
+                    ("Instances", 10), ("Size", 6))
+KEEP_ORDER = ("Epoch", "box", "obj", "cls", "unsup", "pseudo", "Mem", "Size", "Instances")
+MIN_BAR = 10  # narrowest progress bar in characters
+WARMING_UP = "warming up"  # shown instead of the ETA until the first batch is done (workers, teacher starting)
+
+
+def progress_layout(width: int, total: int) -> tuple[list[str], bool]:
+    """Columns of the live row (display order) and whether the elapsed time fits, for a terminal ``width``
+    columns wide: the bar (at least ``MIN_BAR``), ``done/total`` and the ETA always fit next to them."""
+    count = 2 * len(str(max(total, 1))) + 1
+    right = MIN_BAR + count + len(WARMING_UP) + 3  # three one-space gaps: text|bar|count|time
+    widths = dict(PROGRESS_COLUMNS)
+    room = width - right
+    keep: list[str] = []
+    for name in KEEP_ORDER:
+        if widths[name] <= room or name == "Epoch":
+            keep.append(name)
+            room -= widths[name]
+        else:
+            break
+    elapsed = room >= len("00:00<") and len(keep) == len(KEEP_ORDER)
+    return [n for n, _ in PROGRESS_COLUMNS if n in keep], elapsed
+
+
+def _num(v: float | None) -> str:
+    """A loss or count in at most 7 characters ('-' when not measured)."""
+    if v is None:
+        return "-"
+    s = f"{v:.3g}"
+    return s if len(s) <= 7 else f"{v:.1e}"
+
+
+class _TimeColumn(ProgressColumn):
+    """``warming up`` until the first step is done, then the ETA (``elapsed<ETA`` when there is room)."""
+
+    def __init__(self, elapsed: bool) -> None:
+        super().__init__()
+        self.elapsed = elapsed
+
+    def render(self, task: Any) -> Text:
+        if not task.completed:
+            return Text(WARMING_UP, style="progress.remaining")
+        spent = task.elapsed or 0.0
+        eta = spent / task.completed * max((task.total or task.completed) - task.completed, 0)
+        return Text(f"{_clock(spent)}<{_clock(eta)}" if self.elapsed else _clock(eta), style="progress.remaining")
+
+
 class TrainProgress:
-    """One epoch's progress: ``Epoch Mem box obj cls unsup pseudo Instances Size`` + bar and ETA.
+    """One epoch's progress: ``Epoch Mem box obj cls unsup pseudo Instances Size`` + bar, count and ETA.
 
     Call ``update(means, instances, size)`` once per step (``means``: running mean losses,
-    see ``progress_values``), then ``close()``. A rich bar on a terminal; on a non-TTY (CI, logs)
-    plain lines about every 10% of the epoch and at its end. ``enabled=False`` prints nothing
-    (non-main DDP ranks). Usable as a context manager.
+    see ``progress_values``), then ``close()``. A rich bar on a terminal, with the columns that fit its
+    width (``progress_layout``: an 80-column terminal shows Epoch, the losses, the bar, the count and the
+    ETA, and ``warming up`` until the first batch is done); on a non-TTY (CI, logs) every column in
+    plain lines about every 10% of the epoch and at its end. ``enabled=False`` prints nothing (non-main
+    DDP ranks). Usable as a context manager.
     """
 
     def __init__(
@@ -167,16 +285,18 @@ class TrainProgress:
 
             console = get_console()
         self.console = console
-        header = ("Epoch", "Mem", *PROGRESS_KEYS, "Instances", "Size")
-        self.console.print("".join(f"{h:>{_W}}" for h in header), markup=False, highlight=False, soft_wrap=True)
+        elapsed = False
+        if console.is_terminal:
+            self.columns, elapsed = progress_layout(console.width, self.total)
+        else:
+            self.columns = [n for n, _ in PROGRESS_COLUMNS]
+        self.console.print(self._cells({n: n for n in self.columns}), markup=False, highlight=False, soft_wrap=True)
         if console.is_terminal:
             self._progress = Progress(
                 TextColumn("{task.description}", markup=False),
                 BarColumn(bar_width=None),
                 MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("<"),
-                TimeRemainingColumn(),
+                _TimeColumn(elapsed),
                 console=console,
                 transient=False,
                 refresh_per_second=4,
@@ -184,12 +304,16 @@ class TrainProgress:
             self._task = self._progress.add_task(self._line({}, 0, 0), total=self.total or None)
             self._progress.start()
 
+    def _cells(self, values: Mapping[str, str]) -> str:
+        widths = dict(PROGRESS_COLUMNS)
+        return "".join(f"{values[n]:>{widths[n]}}" for n in self.columns)
+
     def _line(self, means: Mapping[str, float], instances: int, size: int) -> str:
         vals = progress_values(means)
-        cells = [f"{self.epoch + 1}/{self.epochs}" if self.epochs > 0 else f"{self.epoch + 1}", f"{memory_gb():.3g}G"]
-        cells += ["-" if vals[k] is None else f"{vals[k]:.4g}" for k in PROGRESS_KEYS]
-        cells += [str(int(instances)), str(int(size))]
-        return "".join(f"{c:>{_W}}" for c in cells)
+        cells = {"Epoch": f"{self.epoch + 1}/{self.epochs}" if self.epochs > 0 else f"{self.epoch + 1}",
+                 "Mem": f"{memory_gb():.3g}G", "Instances": str(int(instances)), "Size": str(int(size)),
+                 **{k: _num(vals[k]) for k in PROGRESS_KEYS}}
+        return self._cells(cells)
 
     def update(self, means: Mapping[str, float], instances: int, size: int) -> None:
         """Advance one step and show ``means`` (running means), the step's instances and image size."""

@@ -41,10 +41,17 @@ class Detections:
 
 
 def _read(image: Any) -> tuple[np.ndarray, str | None]:
-    """A BGR uint8 (h, w, 3) image from a path or an array (grayscale/BGRA converted)."""
+    """A BGR uint8 (h, w, 3) image from a path (validated first: DatasetError naming a corrupt or truncated
+    file) or an array (grayscale/BGRA converted)."""
     import cv2
 
     if isinstance(image, (str, Path)):
+        from effteacher.data.dataset import image_shape
+
+        try:  # the checks of `effteacher check`: cv2 decodes a truncated JPEG with only a bare libjpeg warning
+            image_shape(image, min_size=1)
+        except (ValueError, OSError) as e:
+            raise DatasetError(f"{image}: {e}; skipped, re-save or delete the image") from None
         img = cv2.imread(str(image), cv2.IMREAD_COLOR)
         if img is None:
             raise DatasetError(f"{image}: cannot read image (missing or corrupt); pass a valid image file")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -41,15 +43,101 @@ def find_resume(resume: str, project: str) -> Path:
     return p
 
 
+def new_run_dir(project: str | Path, name: str, exist_ok: bool, mkdir: bool = True) -> tuple[Path, bool]:
+    """The folder of a new run (runs/train/exp, exp2, ...) and whether this call created it.
+
+    With ``exist_ok`` an existing folder is reused and reported as not created: it is never removed.
+    """
+    from effteacher.utils.files import increment_path
+
+    path = increment_path(project, name, exist_ok, mkdir=False)
+    existed = path.exists()
+    if mkdir:
+        path.mkdir(parents=True, exist_ok=True)
+    return path, mkdir and not existed
+
+
+@contextmanager
+def discard_if_failed(created: Callable[[], Path | None]) -> Iterator[None]:
+    """Remove the run folder this run created (``created()``, None when it made none) if the body fails
+    before the folder holds a checkpoint (weights/last.pt): a failed start leaves no empty expN behind.
+
+    Folders the run did not create (--exist-ok, --resume) and folders with a checkpoint are never touched.
+    """
+    try:
+        yield
+    except BaseException:
+        path = created()
+        if path is not None and path.is_dir() and not (path / "weights" / "last.pt").exists():
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def preflight(cfg: TrainConfig) -> None:
+    """Checks that need no run folder, made before one is created: the model name, the dataset YAML and its
+    folders, and the --weights file (a resume reads only its own last.pt)."""
+    from effteacher.data.spec import load_spec
+    from effteacher.engine.checkpoint import load_checkpoint
+
+    check_model_name(cfg.model)
+    if cfg.resume is not None:
+        return
+    load_spec(cfg.data)
+    if cfg.weights:
+        load_checkpoint(cfg.weights)
+
+
+def finished_run(cfg: TrainConfig) -> Path | None:
+    """For ``--resume``: the run folder when that run is finished and ``--epochs`` does not extend it (it is
+    reported, nothing is written); None when there is something to train.
+
+    Raises ConfigError for ``--epochs N`` at or below the epochs the run has done (nothing is written).
+    """
+    from rich.markup import escape
+
+    from effteacher.engine.checkpoint import load_checkpoint
+    from effteacher.utils.console import info
+
+    if cfg.resume is None:
+        return None
+    path = find_resume(cfg.resume, cfg.project)
+    ckpt = load_checkpoint(path)
+    if "args" not in ckpt or "train_state" not in ckpt:
+        raise CheckpointError(f"{path}: not a last.pt with training state; resume needs weights/last.pt")
+    st = ckpt["train_state"]
+    done = int(st["epoch"])
+    planned = int(ckpt["args"].get("epochs", 0) or 0)
+    finished = bool(st.get("finished", planned > 0 and done >= planned))
+    run_dir = path.parent.parent
+    more = done + max(done // 2, 1)
+    if 0 < cfg.epochs <= done:
+        rest = "" if finished or planned <= done else f", or leave --epochs out to finish its {planned} epochs"
+        raise ConfigError(f"--epochs {cfg.epochs}: {run_dir} has already trained {done} epochs; to train longer "
+                          f"pass a larger count, e.g. --resume {run_dir} --epochs {more}{rest}")
+    burn = ckpt["args"].get("burn_in")
+    fixed_burn = isinstance(burn, int) and not isinstance(burn, bool) and not ckpt["args"].get("supervised")
+    if fixed_burn and 0 < cfg.epochs <= burn:
+        raise ConfigError(f"--epochs {cfg.epochs}: {run_dir} has a burn-in of {burn} epochs, so no semi-supervised "
+                          f"epoch would follow; pass --epochs above {burn}")
+    if cfg.epochs == 0 and finished:
+        info(escape(f"{run_dir} is finished ({done} epochs); nothing to resume and nothing was changed. Its model: "
+                    f"{run_dir / 'weights' / 'best.pt'}. To train longer: effteacher train --resume {run_dir} "
+                    f"--epochs {more}"))
+        return run_dir
+    return None
+
+
 def resumed_config(ckpt: dict[str, Any], cli_cfg: TrainConfig, ckpt_path: Path) -> TrainConfig:
-    """The run's own config from last.pt; only --epochs (to extend a run), --device and --workers may change.
+    """The run's own config from last.pt; only --epochs (to extend a run), --device, --workers and --verbose
+    may change.
 
     ``cli_cfg.epochs`` of 0 keeps the run's epoch count; a larger count extends a finished run.
     """
     if "args" not in ckpt or "train_state" not in ckpt:
         raise CheckpointError(f"{ckpt_path}: not a last.pt with training state; resume needs weights/last.pt")
     cfg = from_dict(ckpt["args"])
-    changes: dict[str, Any] = {"resume": str(ckpt_path), "device": cli_cfg.device, "workers": cli_cfg.workers}
+    changes: dict[str, Any] = {"resume": str(ckpt_path), "device": cli_cfg.device, "workers": cli_cfg.workers,
+                               "verbose": cli_cfg.verbose}
     if cli_cfg.epochs > 0 and cli_cfg.epochs != cfg.epochs:
         changes["epochs"] = cli_cfg.epochs
     return replace(cfg, **changes)

@@ -36,7 +36,12 @@ def observed_scores(dets: list[torch.Tensor], s: SSODConfig) -> tuple[torch.Tens
 
 def pseudo_quality(dets: list[torch.Tensor], hidden: torch.Tensor, hw: Any, tau2: torch.Tensor,
                    s: SSODConfig) -> dict[str, float]:
-    """Precision/recall (and class-agnostic precision) of reliable pseudo boxes vs the hidden labels: reporting only."""
+    """Counts of reliable pseudo boxes vs the hidden labels (reporting only): ``pseudo_tp`` matched boxes,
+    ``pseudo_pred`` reliable boxes, ``pseudo_gt`` hidden boxes, ``pseudo_tp_agnostic`` matched ignoring the class.
+
+    Summed (or averaged) over an epoch, their ratios are its precision and recall (``logger.results_row``);
+    with no reliable box the precision is not measured rather than 0.
+    """
     from effteacher.ssod.metrics import pseudo_precision_recall
     from effteacher.utils.boxes import xywhn2xyxy
 
@@ -48,9 +53,9 @@ def pseudo_quality(dets: list[torch.Tensor], hidden: torch.Tensor, hw: Any, tau2
     gt = hidden.to(d.device)
     gt_xyxy = xywhn2xyxy(gt[:, 2:6], w, h)
     args = (d[keep, :4], d[keep, 5].long(), img_idx[keep], gt_xyxy, gt[:, 1].long(), gt[:, 0].long())
-    p, r, *_ = pseudo_precision_recall(*args)
-    p_agn, *_ = pseudo_precision_recall(*args, ignore_class=True)
-    return {"precision": p, "recall": r, "precision_agnostic": p_agn}
+    _, _, tp, n_pred, n_gt = pseudo_precision_recall(*args)
+    tp_agn = pseudo_precision_recall(*args, ignore_class=True)[2]
+    return {"pseudo_tp": tp, "pseudo_pred": n_pred, "pseudo_gt": n_gt, "pseudo_tp_agnostic": tp_agn}
 
 
 @dataclass

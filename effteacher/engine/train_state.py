@@ -21,7 +21,7 @@ class StateMixin:
         done = self.plan.burn is not None and self._epoch_done >= self.plan.burn
         return "teacher" if self.ssod and done else "ema"
 
-    def _save(self, epoch: int, metrics: dict[str, float], is_best: bool) -> None:
+    def _save(self, epoch: int, metrics: dict[str, float], is_best: bool, finished: bool = False) -> None:
         from effteacher.engine.checkpoint import make_checkpoint, save_checkpoint
 
         self._epoch_done = epoch + 1
@@ -38,7 +38,7 @@ class StateMixin:
             "epoch": epoch + 1, "best_fitness": self.best_fitness, "best_epoch": self.best_epoch,
             "iteration": self.iteration, "rng": rng_state(), "labeled_stream": self.labeled_stream.state_dict(),
             "burn_epochs": self.plan.burn, "plateau": [self.plan.plateau.best, self.plan.plateau.best_step],
-            "handover_reason": self.plan.reason,
+            "handover_reason": self.plan.reason, "finished": finished,
         }
         save_checkpoint(self.wdir / "last.pt", {**deploy, "train_state": state})
         if self.ssod and epoch + 1 == self.plan.burn:  # the burn-in state, to branch SSOD variants from

@@ -10,49 +10,53 @@ import numpy as np
 import torch
 
 from effteacher.config import TrainConfig, replace, save_yaml
+from effteacher.engine.logger import RESULTS_COLUMNS as CSV_COLUMNS
 from effteacher.engine.setup import (
-    check_model_name,
     ddp_child_argv,
+    discard_if_failed,
     find_resume,
+    finished_run,
     is_ddp_child,
     load_train_data,
+    new_run_dir,
+    preflight,
     resumed_config,
 )
 from effteacher.engine.train_state import StateMixin
 from effteacher.engine.trainer_build import BuildMixin
 from effteacher.errors import EffTeacherError
 
-CSV_COLUMNS = [
-    "epoch", "time", "train/iterations", "train/box_loss", "train/obj_loss", "train/cls_loss",
-    "unsup/box_loss", "unsup/obj_loss", "unsup/cls_loss", "unsup/da_loss",
-    "pseudo/reliable", "pseudo/uncertain", "pseudo/tau1", "pseudo/tau2", "pseudo/precision", "pseudo/recall",
-    "pseudo/precision_agnostic",
-    "metrics/precision", "metrics/recall", "metrics/mAP50", "metrics/mAP50-95", "lr",
-]
-
 
 def train(cfg: TrainConfig, nproc: int = 1) -> Path:
     """Train per ``cfg``; returns the run folder. Several GPUs (or --nproc on CPU) relaunch under DDP."""
     from effteacher.engine import dist
-    from effteacher.utils.files import increment_path
+    from effteacher.engine.validate import check_train_config
 
-    check_model_name(cfg.model)
+    cfg = check_train_config(cfg, nproc)  # options, then the data and weights: all before a run folder exists
+    if not is_ddp_child():
+        preflight(cfg)
+        if (done := finished_run(cfg)) is not None:
+            return done
     world = len(dist.parse_devices(cfg.device)) if cfg.device != "cpu" else nproc
     if world > 1 and not is_ddp_child():
         dist.select_device(cfg.device, cfg.batch, nproc=world)  # validate before spawning
+        created = None
         if cfg.resume is None:
-            run_dir = increment_path(cfg.project, cfg.name, cfg.exist_ok)
+            run_dir, new = new_run_dir(cfg.project, cfg.name, cfg.exist_ok)
+            created = run_dir if new else None
             cfg = replace(cfg, name=run_dir.name, exist_ok=True)
         else:
             run_dir = find_resume(cfg.resume, cfg.project).parent.parent
-        launch_cfg = run_dir / "ddp_args.yaml"
-        save_yaml(cfg, launch_cfg)
-        rc = dist.relaunch_ddp(ddp_child_argv(launch_cfg), world)
-        if rc != 0:
-            raise EffTeacherError(f"distributed training failed (exit code {rc}); see the log above")
+        with discard_if_failed(lambda: created):
+            launch_cfg = run_dir / "ddp_args.yaml"
+            save_yaml(cfg, launch_cfg)
+            rc = dist.relaunch_ddp(ddp_child_argv(launch_cfg), world)
+            if rc != 0:
+                raise EffTeacherError(f"distributed training failed (exit code {rc}); see the log above")
         return run_dir
     trainer = Trainer(cfg, dist.DistContext.from_env(cfg.device))
-    return trainer.fit()
+    with discard_if_failed(lambda: trainer.created_dir):  # a failed start leaves no empty run folder
+        return trainer.fit()
 
 
 class Trainer(BuildMixin, StateMixin):
@@ -61,12 +65,12 @@ class Trainer(BuildMixin, StateMixin):
     def __init__(self, cfg: TrainConfig, ctx: Any) -> None:
         self.cfg = cfg
         self.ctx = ctx
+        self.created_dir: Path | None = None  # the run folder, when this run created it
 
     # ----------------------------------------------------------------------------------- setup
     def setup(self) -> None:
         from effteacher.engine import dist
         from effteacher.engine.checkpoint import load_checkpoint
-        from effteacher.utils.files import increment_path
 
         cfg, ctx = self.cfg, self.ctx
         self.device = dist.select_device(cfg.device if ctx.world_size == 1 else self._rank_device(), None)
@@ -79,7 +83,8 @@ class Trainer(BuildMixin, StateMixin):
             cfg = self.cfg = resumed_config(self.resume_ckpt, cfg, path)
             self.run_dir = path.parent.parent
         else:
-            self.run_dir = increment_path(cfg.project, cfg.name, cfg.exist_ok, mkdir=ctx.is_main)
+            self.run_dir, created = new_run_dir(cfg.project, cfg.name, cfg.exist_ok, mkdir=ctx.is_main)
+            self.created_dir = self.run_dir if created else None
         self.wdir = self.run_dir / "weights"
         if ctx.is_main:
             self.wdir.mkdir(parents=True, exist_ok=True)
@@ -248,8 +253,9 @@ class Trainer(BuildMixin, StateMixin):
 
     def _end_epoch(self, epoch: int, means: dict[str, float], seconds: float, csv: Any, ssod_epoch: bool) -> bool:
         """Validate the EMA/teacher, decide an auto burn-in, log, save last.pt and best.pt; True stops the run."""
-        from effteacher.engine.logger import print_threshold_table
+        from effteacher.engine.logger import epoch_summary, print_threshold_table, results_row
         from effteacher.engine.schedule import burn_in_done, val_every_auto
+        from effteacher.utils.console import info
 
         cfg = self.cfg
         plan = self.plan
@@ -258,7 +264,7 @@ class Trainer(BuildMixin, StateMixin):
         last = epoch + 1 >= plan.last_epoch()
         result = None
         if ssod_epoch or (epoch + 1) % every == 0 or last or epoch + 1 == plan.burn:
-            result = self.evaluator.run(self.ema.module, save_dir=None, plots=False)
+            result = self.evaluator.run(self.ema.module, save_dir=None, plots=False, verbose=cfg.verbose)
         metrics = result.as_dict() if result is not None else {}
         fitness = result.fitness() if result is not None else -1.0
         if fitness > self.best_fitness:
@@ -270,24 +276,18 @@ class Trainer(BuildMixin, StateMixin):
             if reason:
                 self._decided(epoch + 1, reason)
                 stop = not self.ssod
-        row = {
-            "epoch": epoch + 1, "time": round(seconds, 2), "train/iterations": self.iteration,
-            "train/box_loss": means.get("box", 0.0), "train/obj_loss": means.get("obj", 0.0),
-            "train/cls_loss": means.get("cls", 0.0), "unsup/box_loss": means.get("ubox", 0.0),
-            "unsup/obj_loss": means.get("uobj", 0.0), "unsup/cls_loss": means.get("ucls", 0.0),
-            "unsup/da_loss": means.get("da", 0.0), "pseudo/reliable": means.get("reliable", 0.0),
-            "pseudo/uncertain": means.get("uncertain", 0.0), "pseudo/tau1": means.get("tau1", 0.0),
-            "pseudo/tau2": means.get("tau2", 0.0), "pseudo/precision": means.get("precision", 0.0),
-            "pseudo/recall": means.get("recall", 0.0), "pseudo/precision_agnostic": means.get("precision_agnostic", 0.0),
-            **{k: v for k, v in metrics.items() if k in CSV_COLUMNS},  # empty cells when not validated
-            "lr": self.optimizer.param_groups[0]["lr"],
-        }
+        row = results_row(epoch + 1, seconds, self.iteration, self.scheduler.last_epoch, means, metrics,
+                          self.optimizer.param_groups[0]["lr"], domain_adapt=self.disc is not None)
         csv.log(row)
-        if ssod_epoch:
-            print_threshold_table(self.thresholds.tau1, self.thresholds.tau2, self.data.names)
-            self._warn_pseudo(means)
-        self._save(epoch, metrics, fitness == self.best_fitness and result is not None)
+        for line in epoch_summary(row):
+            info(line)
         patience_out = not auto and epoch - self.best_epoch >= cfg.patience
+        finished = stop or patience_out or epoch + 1 >= plan.last_epoch()
+        if ssod_epoch:
+            if cfg.verbose or finished:
+                print_threshold_table(self.thresholds.tau1, self.thresholds.tau2, self.data.names)
+            self._warn_pseudo(means)
+        self._save(epoch, metrics, fitness == self.best_fitness and result is not None, finished)
         return stop or patience_out
 
     def _decided(self, burn: int, reason: str) -> None:

@@ -10,8 +10,14 @@ from rich.markup import escape
 
 @functools.lru_cache(maxsize=2)
 def console(stderr: bool = False) -> Console:
-    """The process's rich Console (created on first use, not at import)."""
-    return Console(stderr=stderr, highlight=False)
+    """The process's rich Console (created on first use, not at import).
+
+    Off a terminal (piped, redirected, CI logs) lines are never wrapped, so long paths stay whole.
+    """
+    c = Console(stderr=stderr, highlight=False)
+    if not c.is_terminal:
+        c.soft_wrap = True
+    return c
 
 
 def info(msg: str) -> None:

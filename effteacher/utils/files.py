@@ -31,8 +31,26 @@ def increment_path(project: str | Path, name: str, exist_ok: bool = False, mkdir
     return path
 
 
-def atomic_write(path: str | Path, writer: Callable[[str], None]) -> None:
-    """Call ``writer(tmp_path)`` then fsync and rename over ``path``: a kill never leaves half a file."""
+def umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask can only set it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | Path, writer: Callable[[str], None], mode: int | None = None) -> None:
+    """Call ``writer(tmp_path)`` then fsync and rename over ``path``: a kill never leaves half a file.
+
+    The file gets ``mode``, by default the one ``open()`` would give (0666 less the umask: 0644 for the usual
+    umask 022), not the 0600 of a temporary file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -41,6 +59,7 @@ def atomic_write(path: str | Path, writer: Callable[[str], None]) -> None:
         writer(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~umask() if mode is None else mode)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -150,10 +150,15 @@ def _draw_xyxy(img: np.ndarray, xyxy: np.ndarray, cls: np.ndarray, labels: list[
 
 
 # ----------------------------------------------------------------------------------- plots
-def plot_results(csv_path: str | Path) -> Path:
-    """``results.png`` next to ``csv_path``: every numeric column (but epoch) against epoch, in a grid."""
+def results_series(csv_path: str | Path) -> tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """The measured points of a results.csv: (x axis name, {column: (x, y)}), columns in file order.
+
+    The x axis is ``train/steps`` (optimizer steps; else ``train/iterations``, else ``epoch``: the first of
+    them filled in every row), since burn-in epochs (over L) and SSOD epochs (over U) differ in length.
+    Empty cells (not measured, e.g. the metrics of an epoch without validation) are left out, never read
+    as 0; columns with no measured point are dropped. Rows cut by a kill (wrong field count) are skipped.
+    """
     csv_path = Path(csv_path)
-    out = csv_path.with_name("results.png")
     header: list[str] = []
     rows: list[list[str]] = []
     if csv_path.exists():
@@ -169,26 +174,37 @@ def plot_results(csv_path: str | Path) -> Path:
             return float("nan")
 
     data = np.array([[num(v) for v in r] for r in rows], dtype=np.float64).reshape(len(rows), len(header))
-    if "epoch" in header:
-        x = data[:, header.index("epoch")]
-    else:
-        x = np.arange(1, len(rows) + 1, dtype=np.float64)
-    cols = [i for i, h in enumerate(header) if h != "epoch" and (len(rows) == 0 or not np.isnan(data[:, i]).all())]
+    x, xlabel = np.arange(1, len(rows) + 1, dtype=np.float64), "epoch"
+    for name in ("train/steps", "train/iterations", "epoch"):
+        if name in header and not np.isnan(data[:, header.index(name)]).any():
+            x, xlabel = data[:, header.index(name)], name.split("/")[-1]
+            break
+    skip = {"epoch", "train/steps", "train/iterations"}
+    series = {}
+    for i, h in enumerate(header):
+        ok = ~np.isnan(data[:, i])
+        if h not in skip and ok.any():
+            series[h] = (x[ok], data[ok, i])
+    return xlabel, series
+
+
+def plot_results(csv_path: str | Path) -> Path:
+    """``results.png`` next to ``csv_path``: every measured column against optimizer steps (``results_series``)."""
+    xlabel, series = results_series(csv_path)
     ncols = 5
-    nrows = max(math.ceil(len(cols) / ncols), 1)
+    nrows = max(math.ceil(len(series) / ncols), 1)
     fig = _figure((3.0 * ncols, 2.6 * nrows))
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax, i in zip(axes, cols):
-        y = data[:, i]
-        ok = ~np.isnan(y)
-        ax.plot(x[ok], y[ok], marker=".", linewidth=1.5, markersize=5)
-        ax.set_title(header[i], fontsize=10)
+    for ax, (name, (x, y)) in zip(axes, series.items()):
+        ax.plot(x, y, marker=".", linewidth=1.5, markersize=5)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel(xlabel, fontsize=8)
         ax.grid(alpha=0.3)
-    for ax in axes[len(cols):]:
+    for ax in axes[len(series):]:
         ax.axis("off")
-    if not cols:
+    if not series:
         axes[0].text(0.5, 0.5, "no results yet", ha="center", va="center")
-    return _save_fig(fig, out)
+    return _save_fig(fig, Path(csv_path).with_name("results.png"))
 
 
 def plot_labels(cls: Any, boxes_xywhn: Any, names: Sequence[str], path: str | Path) -> Path:

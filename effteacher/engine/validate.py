@@ -1,0 +1,267 @@
+"""Option checks before any work: types and ranges of every TrainConfig value and command option.
+
+Called before a run folder is made or a dataset scanned. Each problem is one line naming the option the
+user typed (``--batch``) or the config key (``cfg optim.lr0``), the value, the allowed range and what
+to do; all problems of a command come in one ConfigError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from effteacher.config import TrainConfig, replace
+from effteacher.errors import ConfigError
+
+MAX_STRIDE = 32  # largest stride of every model variant (P5); input sizes are rounded up to a multiple of it
+
+# TrainConfig keys with a command-line option of their own (else the message names the cfg key)
+_FLAGS = {
+    "batch": "--batch", "imgsz": "--imgsz", "epochs": "--epochs", "burn_in": "--burn-in", "workers": "--workers",
+    "patience": "--patience", "seed": "--seed", "labeled": "--labeled", "model": "--model", "device": "--device",
+    "ssod.thresholds": "--thresholds", "amp": "--amp/--no-amp", "supervised": "--supervised",
+    "exist_ok": "--exist-ok", "verbose": "--verbose",
+}
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a number: ``lo``/``hi`` bounds (None = open ended), strict or not, whole or not."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_strict: bool = False
+    hi_strict: bool = False
+    whole: bool = False
+    hint: str = ""
+
+    def describe(self) -> str:
+        parts = []
+        if self.lo is not None:
+            parts.append(f"{'>' if self.lo_strict else '>='} {self.lo:g}")
+        if self.hi is not None:
+            parts.append(f"{'<' if self.hi_strict else '<='} {self.hi:g}")
+        what = "a whole number" if self.whole else "a number"
+        return f"{what} {' and '.join(parts)}" if parts else what
+
+    def ok(self, v: float) -> bool:
+        if not math.isfinite(v) or (self.whole and v != int(v)):
+            return False
+        if self.lo is not None and (v <= self.lo if self.lo_strict else v < self.lo):
+            return False
+        return not (self.hi is not None and (v >= self.hi if self.hi_strict else v > self.hi))
+
+
+def _count(lo: int, hint: str = "") -> Range:
+    return Range(lo=lo, whole=True, hint=hint)
+
+
+_PROB = Range(0.0, 1.0, hint="a probability")
+_FRACTION = Range(0.0, 1.0)
+_GAIN = Range(lo=0.0)
+_DECAY = Range(0.0, 1.0, lo_strict=True, hi_strict=True)
+
+# Ranges of the numeric TrainConfig values; every numeric field has one (tests check that none is missed).
+TRAIN_RANGES: dict[str, Range] = {
+    "epochs": _count(0, "total epochs, 0 = auto (sized from the data)"),
+    "imgsz": _count(1, "pixels, e.g. --imgsz 640"),
+    "batch": _count(1, "labeled images per batch, e.g. --batch 16"),
+    "seed": _count(0),
+    "workers": _count(0, "0 loads data in the main process"),
+    "patience": _count(1, "epochs without improvement before stopping; a large value turns it off"),
+    "val_every": _count(1),
+    **{f"aug.{k}": _FRACTION for k in ("hsv_h", "hsv_s", "hsv_v")},
+    "aug.degrees": Range(0.0, 180.0), "aug.strong_degrees": Range(0.0, 180.0),
+    "aug.shear": Range(0.0, 90.0, hi_strict=True), "aug.strong_shear": Range(0.0, 90.0, hi_strict=True),
+    "aug.translate": Range(0.0, 1.0, hi_strict=True), "aug.strong_translate": Range(0.0, 1.0, hi_strict=True),
+    "aug.scale": Range(0.0, 1.0, hi_strict=True), "aug.strong_scale": Range(0.0, 1.0, hi_strict=True),
+    "aug.perspective": Range(0.0, 0.001),
+    **{f"aug.{k}": _PROB for k in ("flipud", "fliplr", "mosaic", "mixup", "strong_fliplr", "cutout", "blur", "noise",
+                                   "color_jitter", "weak_fliplr")},
+    "aug.close_mosaic": _count(0),
+    "loss.box": _GAIN, "loss.obj": _GAIN, "loss.cls": _GAIN, "loss.balance": Range(lo=0.0, lo_strict=True),
+    "loss.anchor_t": Range(lo=1.0, lo_strict=True, hint="the anchor/box size ratio limit, 4.0 by default"),
+    "loss.focal_gamma": _GAIN, "loss.focal_alpha": _FRACTION, "loss.label_smoothing": Range(0.0, 1.0, hi_strict=True),
+    "optim.lr0": Range(0.0, 1.0, hint="0 = auto: 0.01 for SGD, 0.002 for AdamW"),
+    "optim.lrf": Range(0.0, 1.0, lo_strict=True, hint="the final LR is lr0 * lrf"),
+    "optim.momentum": Range(0.0, 1.0, hi_strict=True), "optim.warmup_momentum": Range(0.0, 1.0, hi_strict=True),
+    "optim.weight_decay": Range(0.0, 1.0, hi_strict=True), "optim.warmup_epochs": _GAIN,
+    "optim.warmup_bias_lr": _GAIN, "optim.nbs": _count(1), "optim.ema_decay": _DECAY,
+    "optim.ema_window": _count(0, "0 = auto"),
+    "ssod.lambda_u": _GAIN, "ssod.unsup_box": _GAIN, "ssod.unsup_obj": _GAIN, "ssod.unsup_cls": _GAIN,
+    "ssod.cls_thres": _FRACTION, "ssod.tau1": _FRACTION, "ssod.tau2": _FRACTION,
+    "ssod.nms_iou": Range(0.0, 1.0, lo_strict=True), "ssod.obj_box_thres": _FRACTION,
+    "ssod.ea_alpha": Range(0.0, 1.0, lo_strict=True), "ssod.lambda_da": _GAIN,
+    "ssod.teacher_decay": Range(0.0, 1.0, hi_strict=True, hint="0 = auto"),
+    "ssod.unlabeled_ratio": _count(1),
+    "sched.min_steps": _count(1), "sched.max_steps": _count(1), "sched.patience_steps": _count(1),
+    "sched.val_steps": _count(1), "sched.ssod_factor": Range(lo=0.0, lo_strict=True),
+}
+
+# Options of the other commands (val, predict, export, split), by option name.
+OPTION_RANGES: dict[str, Range] = {
+    "batch": _count(1), "imgsz": _count(1, "pixels"), "workers": _count(0), "seed": _count(0),
+    "conf": _FRACTION, "iou": Range(0.0, 1.0, lo_strict=True), "max_det": _count(1), "opset": _count(7),
+    "nproc": _count(1, "processes for DDP on CPU"),
+}
+
+
+def _flag(key: str) -> str:
+    return _FLAGS.get(key, f"cfg {key}")
+
+
+def _fmt(v: Any) -> str:
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def _type_problem(key: str, value: Any, tp: Any) -> str | None:
+    """A line if ``value`` is not of the annotated type ``tp`` (bool, int, float, str, Literal, unions, tuples)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        if value not in args:
+            return f"{_flag(key)} {_fmt(value)}: use one of {', '.join(map(str, args))}"
+        return None
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        problems = [_type_problem(key, value, a) for a in args if a is not type(None)]
+        return None if any(p is None for p in problems) else problems[0]
+    if origin is tuple:
+        if not isinstance(value, (tuple, list)) or len(value) != len(args):
+            return f"{_flag(key)} {_fmt(value)}: expected a list of {len(args)} numbers"
+        return next((p for v, a in zip(value, args) if (p := _type_problem(key, v, a))), None)
+    if tp is bool:
+        return None if isinstance(value, bool) else f"{_flag(key)} {_fmt(value)}: expected true or false"
+    if tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return None if ok else f"{_flag(key)} {_fmt(value)}: expected a whole number"
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if ok else f"{_flag(key)} {_fmt(value)}: expected a number"
+    if tp is str:
+        return None if isinstance(value, str) else f"{_flag(key)} {_fmt(value)}: expected text"
+    return None
+
+
+def _range_problem(flag: str, value: Any, rng: Range) -> str | None:
+    vals = list(value) if isinstance(value, (tuple, list)) else [value]
+    if all(rng.ok(float(v)) for v in vals):
+        return None
+    hint = f" ({rng.hint})" if rng.hint else ""
+    return f"{flag} {_fmt(value)}: must be {rng.describe()}{hint}"
+
+
+def _fields(obj: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, value, annotated type) of every leaf field of a config dataclass."""
+    hints = typing.get_type_hints(type(obj))
+    out = []
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            out += _fields(v, f"{prefix}{f.name}.")
+        else:
+            out.append((f"{prefix}{f.name}", v, hints[f.name]))
+    return out
+
+
+def _labeled_problem(labeled: str) -> str | None:
+    """The syntax of --labeled ('10%', '0.1', '200'); the count against the dataset is checked after the scan."""
+    from effteacher.data.split import parse_labeled
+    from effteacher.errors import DatasetError
+
+    if Path(str(labeled)).suffix and Path(str(labeled)).is_file():
+        return None  # a list of images: read after the scan
+    try:
+        parse_labeled(labeled, 2**62)
+    except DatasetError as e:
+        return str(e)
+    return None
+
+
+def round_imgsz(imgsz: int, flag: str = "--imgsz") -> int:
+    """``imgsz`` rounded up to a multiple of the models' largest stride (32), saying so when it changes."""
+    new = max(math.ceil(imgsz / MAX_STRIDE), 1) * MAX_STRIDE
+    if new != imgsz:
+        from effteacher.utils.console import warn
+
+        warn(f"{flag} {imgsz} is not a multiple of the largest model stride {MAX_STRIDE}; using {new}")
+    return new
+
+
+def train_config_problems(cfg: TrainConfig) -> list[str]:
+    """Every problem of ``cfg``, one line each ([] when it is usable)."""
+    problems: list[str] = []
+    numeric: dict[str, Any] = {}
+    for key, value, tp in _fields(cfg):
+        p = _type_problem(key, value, tp)
+        if p:
+            problems.append(p)
+        elif key in TRAIN_RANGES:
+            numeric[key] = value
+            p = _range_problem(_flag(key), value, TRAIN_RANGES[key])
+            if p:
+                problems.append(p)
+    b = cfg.burn_in
+    if cfg.resume is not None:
+        return problems  # the run's own config comes from its last.pt (setup.finished_run checks --epochs)
+    if isinstance(b, str) and b != "auto":
+        problems.append(f"--burn-in {b!r}: use 'auto' or a whole number of epochs (e.g. --burn-in 50)")
+    elif isinstance(b, int) and not isinstance(b, bool):
+        if b < 0:
+            problems.append(f"--burn-in {b}: must be a whole number >= 0 or 'auto'")
+        elif not cfg.supervised and isinstance(cfg.epochs, int) and cfg.epochs > 0 and b >= cfg.epochs:
+            problems.append(
+                f"--burn-in {b} with --epochs {cfg.epochs} leaves no semi-supervised epoch (--epochs counts the "
+                f"burn-in too): use --epochs above {b}, --burn-in auto, or --supervised for a supervised run")
+    if not problems and cfg.ssod.tau1 > cfg.ssod.tau2:
+        problems.append(f"cfg ssod.tau1 {cfg.ssod.tau1:g} is above ssod.tau2 {cfg.ssod.tau2:g}: the low threshold "
+                        "must not exceed the high one")
+    if not problems and cfg.sched.min_steps > cfg.sched.max_steps:
+        problems.append(f"cfg sched.min_steps {cfg.sched.min_steps} is above sched.max_steps {cfg.sched.max_steps}")
+    if isinstance(cfg.labeled, str):
+        p = _labeled_problem(cfg.labeled)
+        if p:
+            problems.append(p)
+    return problems
+
+
+def check_train_config(cfg: TrainConfig, nproc: int = 1) -> TrainConfig:
+    """Raise one ConfigError listing every problem of ``cfg`` (and ``--nproc``); returns ``cfg`` with imgsz
+    rounded up to a multiple of the largest stride (with a message when it changes)."""
+    problems = train_config_problems(cfg)
+    p = _range_problem("--nproc", nproc, OPTION_RANGES["nproc"]) if isinstance(nproc, int) else None
+    if p:
+        problems.append(p)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    new = round_imgsz(cfg.imgsz)
+    return cfg if new == cfg.imgsz else replace(cfg, imgsz=new)
+
+
+def check_options(**options: Any) -> dict[str, Any]:
+    """Check command options by name (``batch``, ``imgsz``, ``conf``, ``iou``, ``max_det``, ``workers``, ``opset``,
+    ``seed``, ``labeled``; None = not given). Raises one ConfigError for all problems; returns the options with
+    ``imgsz`` rounded up to a multiple of the largest stride."""
+    problems = []
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name == "labeled":
+            p = _labeled_problem(value)
+        elif name in OPTION_RANGES:
+            p = _range_problem(f"--{name.replace('_', '-')}", value, OPTION_RANGES[name])
+        else:
+            raise ValueError(f"no rule for option {name!r}")
+        if p:
+            problems.append(p)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    out = dict(options)
+    if out.get("imgsz") is not None:
+        out["imgsz"] = round_imgsz(int(out["imgsz"]))
+    return out
