@@ -14,9 +14,8 @@ from effteacher.engine.setup import (
     check_model_name,
     ddp_child_argv,
     find_resume,
-    is_ddp_child,
     load_train_data,
-    resumed_config,
+    resolve_run,
 )
 from effteacher.engine.train_state import StateMixin
 from effteacher.engine.trainer_build import BuildMixin
@@ -38,7 +37,7 @@ def train(cfg: TrainConfig, nproc: int = 1) -> Path:
 
     check_model_name(cfg.model)
     world = len(dist.parse_devices(cfg.device)) if cfg.device != "cpu" else nproc
-    if world > 1 and not is_ddp_child():
+    if world > 1 and not dist.launched_by_torchrun():
         dist.select_device(cfg.device, cfg.batch, nproc=world)  # validate before spawning
         if cfg.resume is None:
             run_dir = increment_path(cfg.project, cfg.name, cfg.exist_ok)
@@ -65,27 +64,16 @@ class Trainer(BuildMixin, StateMixin):
     # ----------------------------------------------------------------------------------- setup
     def setup(self) -> None:
         from effteacher.engine import dist
-        from effteacher.engine.checkpoint import load_checkpoint
-        from effteacher.utils.files import increment_path
 
-        cfg, ctx = self.cfg, self.ctx
-        self.device = dist.select_device(cfg.device if ctx.world_size == 1 else self._rank_device(), None)
+        ctx = self.ctx
+        self.device = ctx.device if ctx.distributed else dist.select_device(self.cfg.device)
         if ctx.world_size > 1:
             dist.init_distributed(ctx)
-        self.resume_ckpt = None
-        if cfg.resume is not None:
-            path = find_resume(cfg.resume, cfg.project)
-            self.resume_ckpt = load_checkpoint(path)
-            cfg = self.cfg = resumed_config(self.resume_ckpt, cfg, path)
-            self.run_dir = path.parent.parent
-        else:
-            self.run_dir = increment_path(cfg.project, cfg.name, cfg.exist_ok, mkdir=ctx.is_main)
-        self.wdir = self.run_dir / "weights"
-        if ctx.is_main:
-            self.wdir.mkdir(parents=True, exist_ok=True)
-            save_yaml(cfg, self.run_dir / "args.yaml")
+        run = resolve_run(self.cfg, ctx)  # rank 0 picks the folder (or last.pt) for every rank
+        cfg = self.cfg = run.cfg
+        self.run_dir, self.resume_ckpt, self.wdir = run.run_dir, run.resume_ckpt, run.run_dir / "weights"
         dist.seed_everything(cfg.seed, ctx.rank)
-        self.data = load_train_data(cfg, self.run_dir, self.resume_ckpt is not None, ctx.is_main)
+        self.data = load_train_data(cfg, self.run_dir, self.resume_ckpt is not None, ctx)
         self.ssod = not cfg.supervised
         self._build_loaders()
         self._build_model()
@@ -93,15 +81,9 @@ class Trainer(BuildMixin, StateMixin):
         if self.resume_ckpt is not None:
             self._restore(self.resume_ckpt)
 
-    def _rank_device(self) -> str:
-        if self.cfg.device == "cpu":
-            return "cpu"
-        from effteacher.engine import dist
-
-        return str(dist.parse_devices(self.cfg.device)[self.ctx.local_rank])
-
     # ------------------------------------------------------------------------------ the loop
     def fit(self) -> Path:
+        from effteacher.engine import dist
         from effteacher.engine.logger import CSVLogger
         from effteacher.utils.console import info
 
@@ -123,6 +105,7 @@ class Trainer(BuildMixin, StateMixin):
             means = self._ssod_epoch(epoch) if ssod_epoch else self._supervised_epoch(epoch)
             if ssod_epoch:
                 means.update(self._end_threshold_epoch())
+            means = dist.mean_over_ranks(means, ctx)  # results.csv reports every rank's batches
             stop = False
             if ctx.is_main:
                 stop = self._end_epoch(epoch, means, time.time() - t0, csv, ssod_epoch)
