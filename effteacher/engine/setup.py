@@ -97,7 +97,7 @@ def resolve_run(cfg: TrainConfig, ctx: DistContext) -> RunFolder:
     if cfg.resume is not None:
         path = Path(where)
         ckpt = loaded.get("ckpt")
-        everywhere = all(dist.gather_objects(path.is_file(), ctx))
+        everywhere = all(dist.gather_objects(_readable(path), ctx))
         if not everywhere:  # nodes without a shared file system: rank 0's copy travels
             ckpt = dist.broadcast_object(ckpt, ctx)
         elif ckpt is None:
@@ -109,6 +109,11 @@ def resolve_run(cfg: TrainConfig, ctx: DistContext) -> RunFolder:
         (run_dir / "weights").mkdir(parents=True, exist_ok=True)
         save_yaml(run_cfg, run_dir / "args.yaml")
     return RunFolder(run_cfg, run_dir, ckpt)
+
+
+def _readable(path: Path) -> bool:
+    """Whether this process sees ``path`` (False on a node that does not share rank 0's disk)."""
+    return path.is_file()
 
 
 def load_train_data(cfg: TrainConfig, run_dir: Path, resuming: bool, ctx: DistContext) -> TrainData:
