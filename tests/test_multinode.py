@@ -18,7 +18,7 @@ from effteacher.config import TrainConfig, replace, to_dict
 from effteacher.data.sample import SampleConfig, generate
 from effteacher.engine import dist as D
 from effteacher.engine import setup as S
-from effteacher.errors import CheckpointError, DeviceError
+from effteacher.errors import CheckpointError, DatasetError, DeviceError
 from effteacher.ssod.thresholds import EpochAdaptorThresholds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +78,10 @@ def _rank_worker(rank: int, world: int, port: int, data: str, project: str, last
                 S.resolve_run(bad, ctx)
             except (CheckpointError, DeviceError) as e:
                 out.setdefault("errors", []).append(type(e).__name__)
+        try:  # fails on rank 0 inside "rank 0 first": the others must not wait for it forever
+            S.load_train_data(replace(cfg, data=str(Path(project) / "missing.yaml")), run.run_dir, False, ctx)
+        except DatasetError as e:
+            out["errors"].append(type(e).__name__)
         data_ = S.load_train_data(cfg, run.run_dir, False, ctx)
         out["labeled"] = sorted(r.path for r in data_.labeled)
         ea = _adaptor()
@@ -107,7 +111,7 @@ def test_rank0_decides_for_every_rank(tiny_data, tmp_path):
     assert sorted(p.name for p in project.iterdir()) == ["exp", "exp2", "old"]
     assert r0["resume_dir"] == r1["resume_dir"] == str(project / "old")
     assert r0["resume_epoch"] == r1["resume_epoch"] == 2 and r0["resume_name"] == r1["resume_name"] == "old"
-    assert r0["errors"] == r1["errors"] == ["CheckpointError", "DeviceError"]
+    assert r0["errors"] == r1["errors"] == ["CheckpointError", "DeviceError", "DatasetError"]
     # one process: the same split and the same threshold update from the same (all) scores
     cfg = replace(TrainConfig(), data=str(tiny_data), labeled="25%")
     single = S.load_train_data(cfg, tmp_path / "single", False, D.DistContext())

@@ -82,15 +82,17 @@ def resolve_run(cfg: TrainConfig, ctx: DistContext) -> RunFolder:
     from effteacher.engine.checkpoint import load_checkpoint
     from effteacher.utils.files import increment_path
 
-    dist.check_batch(cfg.batch, ctx.world_size)
     loaded: dict[str, Any] = {}
 
     def decide() -> tuple[str, TrainConfig]:
         if cfg.resume is None:
+            dist.check_batch(cfg.batch, ctx.world_size)  # before the folder is made
             return str(increment_path(cfg.project, cfg.name, cfg.exist_ok, mkdir=True)), cfg
         path = find_resume(cfg.resume, cfg.project)
         loaded["ckpt"] = load_checkpoint(path)
-        return str(path), resumed_config(loaded["ckpt"], cfg, path)
+        run_cfg = resumed_config(loaded["ckpt"], cfg, path)
+        dist.check_batch(run_cfg.batch, ctx.world_size)  # the run's own batch, not the command line's
+        return str(path), run_cfg
 
     where, run_cfg = dist.run_on_main(decide, ctx)
     ckpt = None
@@ -128,8 +130,8 @@ def load_train_data(cfg: TrainConfig, run_dir: Path, resuming: bool, ctx: DistCo
     from effteacher.data.split import dataset_hash, load_split, make_split, write_split
 
     is_main = ctx.is_main
-    spec = load_spec(cfg.data)
-    with dist.torch_distributed_zero_first(ctx):
+    with dist.torch_distributed_zero_first(ctx):  # rank 0 also generates a bundled sample dataset first
+        spec = load_spec(cfg.data)
         train_scan = scan_labeled(spec.train, spec.names, progress=is_main)
         val_scan = scan_labeled(spec.val, spec.names, progress=is_main)
         extra: list[ImageRecord] = []
