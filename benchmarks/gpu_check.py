@@ -172,7 +172,8 @@ def check_onnx(best: Path, dev: torch.device, imgsz: int) -> Check:
 
     half = dev.type == "cuda"
     providers = ort.get_available_providers()
-    path = run_export(best, format="onnx", imgsz=imgsz, batch=2, half=half, device=str(dev.index or 0) if half else "cpu")
+    device = str(dev.index or 0) if half else "cpu"
+    path = run_export(best, format="onnx", imgsz=imgsz, batch=2, half=half, device=device)
     backend = OnnxBackend(path, dev)
     used = backend.session.get_providers()[0]
     box, score = _diffs(best, backend, imgsz, dev, half)
@@ -283,8 +284,11 @@ def train_rate(variant: str, dev: torch.device, imgsz: int, batch: int, steps: i
 def check_train_speed(dev: torch.device, s: Sizes) -> Check:
     """Training img/s per model, fp32 and (on CUDA) AMP."""
     modes = (False, True) if dev.type == "cuda" else (False,)
-    parts = [f"{v} {'amp' if amp else 'fp32'} {train_rate(v, dev, s.speed_imgsz, s.speed_batch, s.speed_steps, amp):.1f}"
-             for v in s.speed_models for amp in modes]
+    parts = []
+    for v in s.speed_models:
+        for amp in modes:
+            rate = train_rate(v, dev, s.speed_imgsz, s.speed_batch, s.speed_steps, amp)
+            parts.append(f"{v} {'amp' if amp else 'fp32'} {rate:.1f}")
     skip = "" if dev.type == "cuda" else " (AMP skipped: needs CUDA)"
     return (f"{s.speed_imgsz} px, batch {s.speed_batch}, on {dev}, img/s: {', '.join(parts)}{skip}",
             f"@{s.speed_imgsz} b{s.speed_batch} img/s {', '.join(parts)}")

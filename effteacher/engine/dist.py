@@ -1,4 +1,4 @@
-"""Devices and distributed training: device parsing, DDP relaunch, process groups, collectives, seeds."""
+"""Devices and distributed training: device parsing, torchrun detection, DDP relaunch, collectives, seeds."""
 
 from __future__ import annotations
 
