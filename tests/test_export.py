@@ -264,3 +264,17 @@ def test_cli_export_writes_onnx(ckpts: dict, tmp_path: Path) -> None:
 
 def read_onnx_metadata_raw(path: Path) -> dict[str, str]:
     return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+def test_runtime_and_tensorrt_share_backend_without_an_import_loop():
+    import ast
+
+    from effteacher.export import backend, runtime, tensorrt
+
+    def imports(mod) -> set[str]:
+        tree = ast.parse(Path(mod.__file__).read_text())
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+
+    assert "effteacher.export.runtime" not in imports(tensorrt)
+    assert not {m for m in imports(backend) if m.startswith("effteacher.export")}
+    assert runtime.Backend is backend.Backend and issubclass(tensorrt.TensorRTBackend, backend.Backend)

@@ -1,4 +1,4 @@
-"""Devices and distributed training: device parsing, DDP relaunch, process groups, collectives, seeds."""
+"""Devices and distributed training: device parsing, torchrun detection, DDP relaunch, collectives, seeds."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import numpy as np
 import torch
@@ -17,7 +17,10 @@ import torch.distributed as dist
 
 from effteacher.errors import DeviceError
 
+T = TypeVar("T")
+
 DDP_CHILD_ENV = "EFFTEACHER_DDP_CHILD"  # set to "1" in processes started by relaunch_ddp
+TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # what torchrun gives a worker
 
 
 def parse_devices(device: str) -> list[int]:
@@ -47,7 +50,7 @@ def select_device(device: str, batch: int | None = None, nproc: int = 1) -> torc
     """
     ids = parse_devices(device)
     if not ids:
-        _check_batch(batch, nproc, f"--nproc {nproc}")
+        check_batch(batch, nproc, f"--nproc {nproc}")
         return torch.device("cpu")
     n_visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     missing = [i for i in ids if i >= n_visible]
@@ -58,11 +61,13 @@ def select_device(device: str, batch: int | None = None, nproc: int = 1) -> torc
             f"({n_visible} GPU{'s' if n_visible != 1 else ''}); use --device cpu"
             + (f" or an index below {n_visible}" if n_visible else "")
         )
-    _check_batch(batch, len(ids), f"{len(ids)} GPUs")
+    check_batch(batch, len(ids), f"{len(ids)} GPUs")
     return torch.device(f"cuda:{ids[0]}")
 
 
-def _check_batch(batch: int | None, n: int, what: str) -> None:
+def check_batch(batch: int | None, n: int, what: str = "") -> None:
+    """DeviceError unless the total ``batch`` splits evenly over ``n`` processes."""
+    what = what or f"{n} processes"
     if batch is not None and n > 1 and batch % n != 0:
         raise DeviceError(
             f"--batch {batch} is not a multiple of the process count ({what}); "
@@ -91,10 +96,12 @@ class DistContext:
 
     @classmethod
     def from_env(cls, device: str = "cpu", env: Mapping[str, str] | None = None) -> "DistContext":
-        """Read RANK / LOCAL_RANK / WORLD_SIZE (set by torch.distributed.run) for ``--device``.
+        """Read RANK / LOCAL_RANK / WORLD_SIZE (set by torchrun / torch.distributed.run) for ``--device``.
 
-        A process on GPUs ``'0,1'`` with LOCAL_RANK 1 gets ``cuda:1``; backend NCCL on CUDA,
-        gloo on CPU. Raises DeviceError if more processes than named GPUs share this node.
+        RANK is global (across nodes), LOCAL_RANK this node's process index, which picks the GPU:
+        a process on GPUs ``'0,1'`` with LOCAL_RANK 1 gets ``cuda:1``; ``'cuda'`` under torchrun
+        means every visible GPU of the node. Backend NCCL on CUDA, gloo on CPU. Raises DeviceError
+        if more processes than named GPUs share this node.
         """
         env = os.environ if env is None else env
         world = int(env.get("WORLD_SIZE", "1"))
@@ -103,6 +110,9 @@ class DistContext:
         ids = parse_devices(device)
         if not ids:
             return cls(rank, local, world, torch.device("cpu"), "gloo")
+        if world > 1 and str(device).strip().lower() == "cuda":  # one GPU per local process, LOCAL_RANK picks
+            ids = list(range(torch.cuda.device_count() if torch.cuda.is_available() else 0)) or [0]
+            device = ",".join(map(str, ids))
         select_device(device)
         if world > 1 and local >= len(ids):
             raise DeviceError(
@@ -136,7 +146,7 @@ def _active(ctx: DistContext) -> bool:
 
 def barrier(ctx: DistContext) -> None:
     if _active(ctx):
-        dist.barrier()
+        dist.barrier(device_ids=[ctx.device.index] if ctx.backend == "nccl" else None)
 
 
 @contextlib.contextmanager
@@ -144,15 +154,27 @@ def torch_distributed_zero_first(ctx: DistContext) -> Iterator[None]:
     """Let the main process run the block first (e.g. dataset caching); the others wait, then run it."""
     if not ctx.is_main:
         barrier(ctx)
-    yield
-    if ctx.is_main:
-        barrier(ctx)
+    try:
+        yield
+    finally:  # also when the block raises on rank 0: the others then run it and raise the same error
+        if ctx.is_main:
+            barrier(ctx)
 
 
 def is_ddp_child(env: Mapping[str, str] | None = None) -> bool:
     """True in a process started by ``relaunch_ddp`` (it must not relaunch again)."""
     env = os.environ if env is None else env
     return env.get(DDP_CHILD_ENV) == "1"
+
+
+def launched_by_torchrun(env: Mapping[str, str] | None = None) -> bool:
+    """True in a worker started by torchrun / torch.distributed.run (ours from ``relaunch_ddp`` included).
+
+    Such a process already has its rank and rendezvous (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR,
+    MASTER_PORT), so it trains in place and must never relaunch itself.
+    """
+    env = os.environ if env is None else env
+    return is_ddp_child(env) or all(k in env for k in TORCHRUN_ENV)
 
 
 def free_port() -> int:
@@ -227,3 +249,49 @@ def seed_everything(seed: int, rank: int = -1) -> int:
     np.random.seed(s % 2**32)
     torch.manual_seed(s)
     return s
+
+
+def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank; ``[obj]`` when not distributed."""
+    if not _active(ctx):
+        return [obj]
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def mean_dicts(dicts: list[Mapping[str, float]]) -> dict[str, float]:
+    """Key-wise mean of numeric dicts (a key missing from some dicts is averaged over those that have it)."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for d in dicts:
+        for k, v in d.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+            counts[k] = counts.get(k, 0) + 1
+    return {k: sums[k] / counts[k] for k in sums}
+
+
+def mean_over_ranks(stats: Mapping[str, float], ctx: DistContext) -> dict[str, float]:
+    """Key-wise mean of each rank's ``stats`` (e.g. epoch loss means), identical on every rank."""
+    return mean_dicts(gather_objects(dict(stats), ctx))
+
+
+def run_on_main(fn: Callable[[], T], ctx: DistContext) -> T:
+    """Call ``fn`` on global rank 0 only and return its result on every rank.
+
+    For decisions one process must make for all (the run folder, which last.pt to resume) and for
+    the file writes that go with them. If ``fn`` raises on rank 0, every rank raises the same
+    exception, so no rank is left waiting in a collective.
+    """
+    if not _active(ctx):
+        return fn()
+    result: tuple[bool, Any] = (True, None)
+    if ctx.is_main:
+        try:
+            result = (True, fn())
+        except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
+            result = (False, e)
+    ok, value = broadcast_object(result, ctx)
+    if not ok:
+        raise value
+    return value

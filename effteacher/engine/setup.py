@@ -1,8 +1,11 @@
-"""Everything the trainer builds before its first step: run folder, data, split, model, losses."""
+"""Everything the trainer builds before its first step: run folder, data, split, model, losses.
+
+Under DDP (one node or several) global rank 0 makes every decision that names a file (the run
+folder, which last.pt to resume, the split) and every rank receives the same answer.
+"""
 
 from __future__ import annotations
 
-import os
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,8 +15,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from effteacher.config import TrainConfig, from_dict, replace
+from effteacher.config import TrainConfig, from_dict, replace, save_yaml
 from effteacher.data.records import ImageRecord
+from effteacher.engine import dist
+from effteacher.engine.dist import DistContext
 from effteacher.errors import CheckpointError, ConfigError, DatasetError
 
 
@@ -143,31 +148,99 @@ def resumed_config(ckpt: dict[str, Any], cli_cfg: TrainConfig, ckpt_path: Path) 
     return replace(cfg, **changes)
 
 
-def load_train_data(cfg: TrainConfig, run_dir: Path, resuming: bool, is_main: bool) -> TrainData:
+@dataclass
+class RunFolder:
+    """Where a run writes, agreed by every rank: its config (the resumed run's own on --resume),
+    its folder, and the loaded last.pt when resuming (None for a new run)."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    resume_ckpt: dict[str, Any] | None = None
+    created: bool = False  # this run made run_dir (a failed start may remove it: discard_if_failed)
+
+
+def resolve_run(cfg: TrainConfig, ctx: DistContext) -> RunFolder:
+    """Pick the run folder (a new runs/train/expN, or the resumed run's) and load last.pt on every rank.
+
+    Rank 0 decides and creates the folder, writes ``args.yaml``, and broadcasts the answer, so
+    processes racing on ``increment_path`` can never end up in two folders. On resume every rank
+    holds last.pt's state: each reads it from the path rank 0 chose when the file is visible on all
+    nodes (a shared file system), otherwise rank 0 sends its copy. Errors (no last.pt, a bad batch
+    size) are raised on every rank.
+    """
+    from effteacher.engine.checkpoint import load_checkpoint
+
+    loaded: dict[str, Any] = {}
+
+    def decide() -> tuple[str, TrainConfig, bool]:
+        if cfg.resume is None:
+            dist.check_batch(cfg.batch, ctx.world_size)  # before the folder is made
+            path, created = new_run_dir(cfg.project, cfg.name, cfg.exist_ok)
+            return str(path), cfg, created
+        path = find_resume(cfg.resume, cfg.project)
+        loaded["ckpt"] = load_checkpoint(path)
+        run_cfg = resumed_config(loaded["ckpt"], cfg, path)
+        dist.check_batch(run_cfg.batch, ctx.world_size)  # the run's own batch, not the command line's
+        return str(path), run_cfg, False
+
+    where, run_cfg, created = dist.run_on_main(decide, ctx)
+    ckpt = None
+    if cfg.resume is not None:
+        path = Path(where)
+        ckpt = loaded.get("ckpt")
+        everywhere = all(dist.gather_objects(_readable(path), ctx))
+        if not everywhere:  # nodes without a shared file system: rank 0's copy travels
+            ckpt = dist.broadcast_object(ckpt, ctx)
+        elif ckpt is None:
+            ckpt = load_checkpoint(path)
+        run_dir = path.parent.parent
+    else:
+        run_dir = Path(where)
+    if ctx.is_main:
+        (run_dir / "weights").mkdir(parents=True, exist_ok=True)
+        save_yaml(run_cfg, run_dir / "args.yaml")
+    return RunFolder(run_cfg, run_dir, ckpt, created)
+
+
+def _readable(path: Path) -> bool:
+    """Whether this process sees ``path`` (False on a node that does not share rank 0's disk)."""
+    return path.is_file()
+
+
+def load_train_data(cfg: TrainConfig, run_dir: Path, resuming: bool, ctx: DistContext) -> TrainData:
     """Scan the dataset, make (or reload on resume) the seeded split, and gather U.
 
-    Only the main process prints scan progress and writes the split files.
+    Rank 0 scans first (it prints progress and writes the label cache the others then reuse),
+    every rank must see the same train set (DatasetError otherwise), and rank 0 chooses the split
+    (the same seeded split a single process makes), writes it and sends it to the others.
     """
     from effteacher.data.dataset import scan_labeled, scan_unlabeled
     from effteacher.data.spec import load_spec
-    from effteacher.data.split import load_split, make_split, write_split
+    from effteacher.data.split import dataset_hash, load_split, make_split, write_split
 
-    spec = load_spec(cfg.data)
-    train_scan = scan_labeled(spec.train, spec.names, progress=is_main)
-    val_scan = scan_labeled(spec.val, spec.names, progress=is_main)
+    is_main = ctx.is_main
+    with dist.torch_distributed_zero_first(ctx):  # rank 0 also generates a bundled sample dataset first
+        spec = load_spec(cfg.data)
+        train_scan = scan_labeled(spec.train, spec.names, progress=is_main)
+        val_scan = scan_labeled(spec.val, spec.names, progress=is_main)
+        extra: list[ImageRecord] = []
+        if spec.unlabeled:
+            extra = scan_unlabeled(spec.unlabeled, progress=is_main).records
     records = train_scan.records
+    if ctx.distributed:
+        _check_same_data(dist.gather_objects(dataset_hash(records), ctx), cfg.data)
     split_dir = run_dir / "split"
-    if resuming and (split_dir / "split.json").exists():
-        split = load_split(split_dir, records)
-    else:
-        split = make_split(records, cfg.labeled, cfg.seed, nc=len(spec.names))
-        if is_main:
-            write_split(split, records, split_dir, names=spec.names)
+
+    def choose_split() -> Any:
+        if resuming and (split_dir / "split.json").exists():
+            return load_split(split_dir, records)
+        made = make_split(records, cfg.labeled, cfg.seed, nc=len(spec.names))
+        write_split(made, records, split_dir, names=spec.names)
+        return made
+
+    split = dist.run_on_main(choose_split, ctx)
     labeled = [records[i] for i in split.labeled]
     unlabeled = [records[i] for i in split.unlabeled]
-    extra: list[ImageRecord] = []
-    if spec.unlabeled:
-        extra = scan_unlabeled(spec.unlabeled, progress=is_main).records
     if not labeled:
         raise DatasetError(f"{cfg.data}: no usable labeled image after the split; raise --labeled")
     if not cfg.supervised and not unlabeled and not extra:
@@ -204,13 +277,20 @@ def labeled_box_sizes(records: list[ImageRecord], imgsz: int) -> np.ndarray:
     return np.concatenate(out, 0) if out else np.zeros((0, 2), np.float32)
 
 
+def _check_same_data(hashes: list[str], data: str) -> None:
+    """Raise DatasetError unless every rank's train-set hash equals rank 0's."""
+    other = [r for r, h in enumerate(hashes) if h != hashes[0]]
+    if other:
+        raise DatasetError(
+            f"{data}: rank(s) {', '.join(map(str, other))} see a different train set than rank 0 (hash "
+            f"{hashes[other[0]][:12]} != {hashes[0][:12]}); every node needs the same dataset (same files and "
+            "labels) at the path the dataset YAML names"
+        )
+
+
 def ddp_child_argv(args_yaml: Path) -> list[str]:
     """Arguments for the relaunched DDP processes: the same train command, from the saved config."""
     return ["train", "--cfg", str(args_yaml)]
-
-
-def is_ddp_child() -> bool:
-    return os.environ.get("EFFTEACHER_DDP_CHILD") == "1"
 
 
 def check_model_name(name: str) -> None:

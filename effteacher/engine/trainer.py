@@ -16,11 +16,10 @@ from effteacher.engine.setup import (
     discard_if_failed,
     find_resume,
     finished_run,
-    is_ddp_child,
     load_train_data,
     new_run_dir,
     preflight,
-    resumed_config,
+    resolve_run,
 )
 from effteacher.engine.train_state import StateMixin
 from effteacher.engine.trainer_build import BuildMixin
@@ -33,12 +32,12 @@ def train(cfg: TrainConfig, nproc: int = 1) -> Path:
     from effteacher.engine.validate import check_train_config
 
     cfg = check_train_config(cfg, nproc)  # options, then the data and weights: all before a run folder exists
-    if not is_ddp_child():
+    if not dist.launched_by_torchrun():  # a DDP/torchrun worker: its launcher checked, rank 0 resolves the run
         preflight(cfg)
         if (done := finished_run(cfg)) is not None:
             return done
     world = len(dist.parse_devices(cfg.device)) if cfg.device != "cpu" else nproc
-    if world > 1 and not is_ddp_child():
+    if world > 1 and not dist.launched_by_torchrun():
         dist.select_device(cfg.device, cfg.batch, nproc=world)  # validate before spawning
         created = None
         if cfg.resume is None:
@@ -70,27 +69,17 @@ class Trainer(BuildMixin, StateMixin):
     # ----------------------------------------------------------------------------------- setup
     def setup(self) -> None:
         from effteacher.engine import dist
-        from effteacher.engine.checkpoint import load_checkpoint
 
-        cfg, ctx = self.cfg, self.ctx
-        self.device = dist.select_device(cfg.device if ctx.world_size == 1 else self._rank_device(), None)
+        ctx = self.ctx
+        self.device = ctx.device if ctx.distributed else dist.select_device(self.cfg.device)
         if ctx.world_size > 1:
             dist.init_distributed(ctx)
-        self.resume_ckpt = None
-        if cfg.resume is not None:
-            path = find_resume(cfg.resume, cfg.project)
-            self.resume_ckpt = load_checkpoint(path)
-            cfg = self.cfg = resumed_config(self.resume_ckpt, cfg, path)
-            self.run_dir = path.parent.parent
-        else:
-            self.run_dir, created = new_run_dir(cfg.project, cfg.name, cfg.exist_ok, mkdir=ctx.is_main)
-            self.created_dir = self.run_dir if created else None
-        self.wdir = self.run_dir / "weights"
-        if ctx.is_main:
-            self.wdir.mkdir(parents=True, exist_ok=True)
-            save_yaml(cfg, self.run_dir / "args.yaml")
+        run = resolve_run(self.cfg, ctx)  # rank 0 picks the folder (or last.pt) for every rank
+        cfg = self.cfg = run.cfg
+        self.run_dir, self.resume_ckpt, self.wdir = run.run_dir, run.resume_ckpt, run.run_dir / "weights"
+        self.created_dir = self.run_dir if run.created and ctx.is_main else None
         dist.seed_everything(cfg.seed, ctx.rank)
-        self.data = load_train_data(cfg, self.run_dir, self.resume_ckpt is not None, ctx.is_main)
+        self.data = load_train_data(cfg, self.run_dir, self.resume_ckpt is not None, ctx)
         self.ssod = not cfg.supervised
         self._build_loaders()
         self._build_model()
@@ -98,15 +87,9 @@ class Trainer(BuildMixin, StateMixin):
         if self.resume_ckpt is not None:
             self._restore(self.resume_ckpt)
 
-    def _rank_device(self) -> str:
-        if self.cfg.device == "cpu":
-            return "cpu"
-        from effteacher.engine import dist
-
-        return str(dist.parse_devices(self.cfg.device)[self.ctx.local_rank])
-
     # ------------------------------------------------------------------------------ the loop
     def fit(self) -> Path:
+        from effteacher.engine import dist
         from effteacher.engine.logger import CSVLogger
         from effteacher.utils.console import info
 
@@ -128,6 +111,7 @@ class Trainer(BuildMixin, StateMixin):
             means = self._ssod_epoch(epoch) if ssod_epoch else self._supervised_epoch(epoch)
             if ssod_epoch:
                 means.update(self._end_threshold_epoch())
+            means = dist.mean_over_ranks(means, ctx)  # results.csv reports every rank's batches
             stop = False
             if ctx.is_main:
                 stop = self._end_epoch(epoch, means, time.time() - t0, csv, ssod_epoch)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from effteacher.errors import DeviceError, ExportError
-from effteacher.export.runtime import Backend
+from effteacher.export.backend import Backend
 
 # File layout: 4-byte little-endian length, that many bytes of UTF-8 JSON metadata, then the
 # serialized engine. TensorRT engines have no metadata field, and a sidecar file gets lost.
