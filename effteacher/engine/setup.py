@@ -62,7 +62,7 @@ def load_train_data(cfg: TrainConfig, run_dir: Path, resuming: bool, is_main: bo
     """
     from effteacher.data.dataset import scan_labeled, scan_unlabeled
     from effteacher.data.spec import load_spec
-    from effteacher.data.split import load_split, make_split, write_split
+    from effteacher.data.split import build_split, load_split, write_split
 
     spec = load_spec(cfg.data)
     train_scan = scan_labeled(spec.train, spec.names, progress=is_main)
@@ -72,7 +72,7 @@ def load_train_data(cfg: TrainConfig, run_dir: Path, resuming: bool, is_main: bo
     if resuming and (split_dir / "split.json").exists():
         split = load_split(split_dir, records)
     else:
-        split = make_split(records, cfg.labeled, cfg.seed, nc=len(spec.names))
+        split = build_split(records, cfg.labeled, cfg.seed, nc=len(spec.names), root=spec.root)
         if is_main:
             write_split(split, records, split_dir, names=spec.names)
     labeled = [records[i] for i in split.labeled]
