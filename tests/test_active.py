@@ -17,6 +17,7 @@ from effteacher.ssod.active import (
     nearest_neighbour_scale,
     normalized_entropy,
     rank_normalize,
+    standardize_features,
     top2_margin,
 )
 
@@ -107,6 +108,24 @@ def test_k_center_greedy_spreads_and_avoids_centers():
     assert k_center_greedy(x, 0) == []
     with pytest.raises(ValueError, match="weights"):
         k_center_greedy(x, 2, weights=np.ones(3))
+
+
+def test_equal_weights_fall_back_to_k_center():
+    x = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [10.0, 0.0]])
+    # every weight equal and every distance beyond the radius: the farthest still wins the tie
+    assert k_center_greedy(x, 3, weights=np.full(4, 0.5), radius=0.05) == [0, 3, 2]
+
+
+def test_standardize_features():
+    rng = np.random.default_rng(0)
+    # a large shared component and small differences: raw rows are all but identical
+    a = 100.0 + rng.normal(0, 1e-3, (20, 8))
+    b = 100.0 + rng.normal(0, 1e-3, (5, 8))
+    za, zb = standardize_features(a, b)
+    assert za.shape == a.shape and zb.shape == b.shape
+    assert np.allclose(np.linalg.norm(za, axis=1), 1.0)
+    raw = a / np.linalg.norm(a, axis=1, keepdims=True)
+    assert np.ptp(raw @ raw.T) < 1e-6 and np.ptp(za @ za.T) > 0.5
 
 
 def test_nearest_neighbour_scale():

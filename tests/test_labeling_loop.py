@@ -231,3 +231,27 @@ def test_training_from_a_labeled_list(loop, tmp_path):
         assert "Traceback" not in res.output
     res = _cli(["split", "--data", str(loop["yaml"]), "--labeled", str(tmp_path / "missing.txt")])
     assert res.exit_code == 1 and "file not found" in _text(res)
+
+
+def test_list_layout_where_only_listed_images_have_labels(loop, tmp_path):
+    """Every image in train, label files only for the listed ones: the rest is U, with no hidden labels to report on."""
+    from effteacher.config import TrainConfig, replace
+    from effteacher.engine.setup import load_train_data
+
+    src = loop["root"] / "ds"
+    ds = tmp_path / "ds"
+    shutil.copytree(src / "images", ds / "images")
+    shutil.copytree(src / "labels" / "val", ds / "labels" / "val")
+    train = sorted((ds / "images" / "train").glob("*.jpg"))
+    (ds / "labels" / "train").mkdir()
+    for f in train[:6]:
+        shutil.copy(src / "labels" / "train" / f"{f.stem}.txt", ds / "labels" / "train")
+    y = ds / "d.yaml"
+    y.write_text(yaml.safe_dump({**yaml.safe_load(loop["yaml"].read_text()), "path": "."}))
+    lst = ds / "labeled.txt"
+    lst.write_text("".join(f"images/train/{f.name}\n" for f in train[:6]))
+    data = load_train_data(replace(TrainConfig(), data=str(y), labeled=str(lst)), tmp_path / "run", False, True)
+    assert [r.path for r in data.labeled] == [str(f) for f in train[:6]]
+    assert len(data.unlabeled) == len(train) - 6 and all(r.n == 0 for r in data.unlabeled)
+    assert not data.hidden_labels_known
+    assert json.loads((tmp_path / "run" / "split" / "split.json").read_text())["n_labeled"] == 6

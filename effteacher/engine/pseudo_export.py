@@ -177,7 +177,7 @@ def run_pseudo(
     rule = rule_from_checkpoint(ckpt, conf)
     names = [str(n) for n in ckpt["model"]["names"]]
     ssod = dict((ckpt.get("args") or {}).get("ssod") or {})
-    floor = float(min(rule.tau1.min(), rule.tau2.min()))
+    floor = float(min(0.05, rule.tau1.min()))  # the training teacher's NMS floor
     cfg = PassConfig(imgsz=int(imgsz or ckpt["model"]["imgsz"]), conf=floor,
                      iou=float(iou if iou is not None else ssod.get("nms_iou", 0.65)),
                      agnostic=bool(ssod.get("agnostic_nms", False)), max_det=max_det, flip=flip, batch=batch,

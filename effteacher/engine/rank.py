@@ -9,6 +9,7 @@ what is already labeled. Writes ``to_label.txt`` (the picks, best first) and ``r
 from __future__ import annotations
 
 import csv
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -75,10 +76,15 @@ def gather_candidates(data: str, weights: str | Path, labeled: str | None) -> tu
     return spec, Candidates(paths, ["train"] * len(rest) + ["unlabeled"] * len(extra), lab, labeled_from, notes)
 
 
-def score_images(preds: Sequence[Any], labeled_counts: np.ndarray, rule: Any, labeled_features: np.ndarray | None
-                 ) -> dict[str, np.ndarray]:
-    """Per-image score columns of ImagePredictions (with views): the teacher's kept boxes (above tau1) only."""
-    from effteacher.engine.pseudo_export import BELOW, RELIABLE, UNCERTAIN, box_status
+def score_images(preds: Sequence[Any], labeled_counts: np.ndarray, rule: Any, features: np.ndarray,
+                 labeled_features: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Per-image score columns of ImagePredictions (with views).
+
+    Uncertainty, disagreement and rarity read every box above the pass's NMS floor (a weak teacher's
+    near-misses are information too); n_reliable / n_uncertain count boxes by the training thresholds.
+    novelty: distance of the (standardised) features to the nearest labeled image.
+    """
+    from effteacher.engine.pseudo_export import RELIABLE, UNCERTAIN, box_status
     from effteacher.engine.teacher_pass import CLS, OBJ, PROBS, SCORE
     from effteacher.ssod.active import (
         class_rarity,
@@ -92,21 +98,19 @@ def score_images(preds: Sequence[Any], labeled_counts: np.ndarray, rule: Any, la
     cols: dict[str, list[float]] = {k: [] for k in ("uncertainty", "entropy", "margin", "objectness", "disagreement",
                                                     "rarity", "n_reliable", "n_uncertain")}
     for p in preds:
-        st = box_status(p.dets, rule)
-        d = p.dets[st > BELOW]
+        d, (a, b) = p.dets, p.views
+        st = box_status(d, rule)
         u = image_uncertainty(d[:, PROBS:], d[:, OBJ])
         for k in ("uncertainty", "entropy", "margin", "objectness"):
             cols[k].append(u[k])
-        a, b = (v[box_status(v, rule) > BELOW] for v in p.views)
         cols["disagreement"].append(flip_disagreement(a[:, :4], a[:, CLS], b[:, :4], b[:, CLS]))
         cols["rarity"].append(class_rarity(d[:, PROBS:], d[:, SCORE], rarity_w))
         cols["n_reliable"].append(float((st == RELIABLE).sum()))
         cols["n_uncertain"].append(float((st == UNCERTAIN).sum()))
     out = {k: np.asarray(v, np.float64) for k, v in cols.items()}
-    feats = np.stack([p.feature for p in preds]).astype(np.float64)
     if labeled_features is not None and len(labeled_features):
-        out["novelty"] = np.concatenate([pairwise_dist(feats[i:i + 1024], labeled_features).min(1)
-                                         for i in range(0, len(feats), 1024)])
+        out["novelty"] = np.concatenate([pairwise_dist(features[i:i + 1024], labeled_features).min(1)
+                                         for i in range(0, len(features), 1024)])
     else:
         out["novelty"] = np.zeros(len(preds))
     return out
@@ -147,7 +151,7 @@ def run_rank(
     from effteacher.engine import dist
     from effteacher.engine.pseudo_export import rule_from_checkpoint
     from effteacher.engine.teacher_pass import PassConfig, load_model, teacher_pass
-    from effteacher.ssod.active import combine_scores
+    from effteacher.ssod.active import combine_scores, standardize_features
     from effteacher.utils.console import console, info, warn
     from effteacher.utils.files import atomic_write_text, increment_path
 
@@ -168,16 +172,21 @@ def run_rank(
                      flip=flip, views=True, batch=batch, workers=workers)
     info(escape(f"ranking {len(cand.paths)} unlabeled images against {len(cand.labeled)} labeled "
                 f"({cand.labeled_from}) for a budget of {budget}"))
-    lab_feats = np.stack([p.feature for p in teacher_pass(model, [r.path for r in cand.labeled], cfg)]) \
+    feat_cfg = dataclasses.replace(cfg, flip=False, views=False)  # labeled images: features only
+    lab_feats = np.stack([p.feature for p in teacher_pass(model, [r.path for r in cand.labeled], feat_cfg)]) \
         if cand.labeled else None
     preds = list(teacher_pass(model, cand.paths, cfg))
     if not preds:
         raise DatasetError(f"none of the {len(cand.paths)} unlabeled images could be read")
     nc = len(names)
     counts = np.bincount(np.concatenate([r.cls for r in cand.labeled] + [np.zeros(0, np.int64)]), minlength=nc)[:nc]
-    cols = score_images(preds, counts, rule, lab_feats)
+    feats = np.stack([p.feature for p in preds])
+    if lab_feats is not None:
+        feats, lab_feats = standardize_features(feats, lab_feats)
+    else:
+        (feats,) = standardize_features(feats)
+    cols = score_images(preds, counts, rule, feats, lab_feats)
     cols["score"] = combine_scores(cols, SCORE_WEIGHTS)
-    feats = np.stack([p.feature for p in preds]).astype(np.float64)
     if budget > len(preds):
         warn(f"--budget {budget} is more than the {len(preds)} unlabeled images: all of them are listed")
     picks = select(cols["score"], feats, budget, lab_feats)

@@ -89,7 +89,10 @@ def load_train_data(cfg: TrainConfig, run_dir: Path, resuming: bool, is_main: bo
         )
     if not val_scan.records:
         raise DatasetError(f"{cfg.data}: no usable validation image; check the 'val:' entry")
-    return TrainData(spec.names, labeled, unlabeled + extra, val_scan.records, hidden_labels_known=not extra)
+    # pseudo-label precision is reported against the hidden labels of U only when U has some: a train folder
+    # whose unlabeled images have no label files at all (a --labeled list layout) has none to compare with
+    known = not extra and any(r.n for r in unlabeled)
+    return TrainData(spec.names, labeled, unlabeled + extra, val_scan.records, hidden_labels_known=known)
 
 
 def init_from_weights(model: torch.nn.Module, weights: str) -> int:

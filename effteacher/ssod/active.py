@@ -185,19 +185,37 @@ def k_center_greedy(features: np.ndarray, k: int, centers: np.ndarray | None = N
             mind = np.minimum(mind, pairwise_dist(x, c[i:i + 1024]).min(1))
     picked: list[int] = []
     free = np.ones(n, bool)
-    tie = w * 1e-9 - np.arange(n) * 1e-15
     for _ in range(k):
         if np.isinf(mind).all():
             gain = w.copy()
         else:
             reach = np.minimum(1.0, mind / radius) if np.isfinite(radius) else mind
             gain = w * reach if weights is not None else reach
-        gain = np.where(free, gain + tie, -np.inf)
-        i = int(np.argmax(gain))
+        gain = np.where(free, gain, -np.inf)
+        top = np.flatnonzero(gain >= gain.max() - 1e-12)
+        # ties: the farthest, then the highest weight, then the lowest index
+        i = int(top[np.lexsort((top, -w[top], -np.where(np.isinf(mind[top]), 0.0, mind[top])))[0]])
         picked.append(i)
         free[i] = False
         mind = np.minimum(mind, pairwise_dist(x, x[i:i + 1])[:, 0])
     return picked
+
+
+def standardize_features(*sets: np.ndarray) -> list[np.ndarray]:
+    """Feature sets (n_i, d) -> the same sets z-scored per dimension over all of them, then unit-norm rows.
+
+    Pooled CNN features share a large constant component (biases, normalisation): raw, every image is
+    almost the same unit vector; centred and scaled, their distances say how the images differ.
+    """
+    if not sets:
+        return []
+    allf = np.concatenate([np.asarray(s, np.float64).reshape(len(s), -1) for s in sets], 0)
+    mu, sd = allf.mean(0), allf.std(0)
+    out = []
+    for s in sets:
+        z = (np.asarray(s, np.float64).reshape(len(s), -1) - mu) / np.where(sd > 1e-12, sd, 1.0)
+        out.append(z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12))
+    return out
 
 
 def pairwise_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
