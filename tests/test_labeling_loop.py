@@ -158,6 +158,14 @@ def test_pseudo_save_to_dataset_round_trips_and_never_overwrites(loop, tmp_path)
     assert "Traceback" not in res.output
     assert {f: f.read_text() for f in beside} == before
     assert not (tmp_path / "runs" / "exp2").exists()
+    # two images that map to one label file are refused too
+    shutil.rmtree(tmp_path / "new" / "labels")
+    import cv2
+
+    cv2.imwrite(str(imgs / "000000.png"), cv2.imread(str(imgs / "000000.jpg")))
+    res = _cli([*args, "--save-to-dataset"])
+    assert res.exit_code == 1 and "would both be labeled in" in _text(res)
+    assert not (tmp_path / "new" / "labels").exists()
 
 
 def test_pseudo_sources_and_errors(loop, tmp_path):

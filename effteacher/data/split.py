@@ -188,8 +188,8 @@ def read_labeled_list(list_path: str | Path, records: list[ImageRecord], root: s
             continue
         p = Path(line).expanduser()
         cands = [p] if p.is_absolute() else [b / p for b in bases]
-        hit = next((index.get(os.path.abspath(c), real.get(os.path.realpath(c))) for c in cands
-                    if os.path.abspath(c) in index or os.path.realpath(c) in real), None)
+        found = (index.get(os.path.abspath(c), real.get(os.path.realpath(c))) for c in cands)
+        hit = next((i for i in found if i is not None), None)
         if hit is None:
             where = " or ".join(str(c) for c in cands)
             if not any(c.exists() for c in cands):

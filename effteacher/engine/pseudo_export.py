@@ -123,8 +123,14 @@ def resolve_source(source: str) -> list[Path]:
     return find_sources(s)
 
 
-def check_no_overwrite(targets: Sequence[Path]) -> None:
-    """Refuse --save-to-dataset when any label file already exists (nothing is written then)."""
+def check_no_overwrite(images: Sequence[Path], targets: Sequence[Path]) -> None:
+    """Refuse --save-to-dataset when any label file already exists, or two images would share one (nothing is written)."""
+    first: dict[Path, Path] = {}
+    for img, t in zip(images, targets):
+        if t in first:
+            raise EffTeacherError(f"{first[t]} and {img} would both be labeled in {t}: rename one, or run without "
+                                  "--save-to-dataset")
+        first[t] = img
     existing = [p for p in targets if p.exists()]
     if existing:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
@@ -172,7 +178,7 @@ def run_pseudo(
 
     files = resolve_source(source)
     if save_to_dataset:
-        check_no_overwrite([img2label_path(f) for f in files])
+        check_no_overwrite(files, [img2label_path(f) for f in files])
     model, ckpt = load_model(weights, dist.select_device(device, None))
     rule = rule_from_checkpoint(ckpt, conf)
     names = [str(n) for n in ckpt["model"]["names"]]
