@@ -17,6 +17,7 @@ output are reused, a killed run resumes from its last.pt. SSOD arms are left out
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -56,7 +57,7 @@ def ranked_picks(project: Path, base5: Path, data: str, k: int, workers: int) ->
     return (out / "to_label.txt").read_text().splitlines()
 
 
-def arms(project: Path, data: str, epochs: int, val_every: int, workers: int, imgsz: int) -> dict[str, Path]:
+def arms(project: Path, data: str, epochs: int, val_every: int, workers: int, imgsz: int) -> None:
     from effteacher.config import defaults_for, replace
 
     base = replace(defaults_for(data), data=data, supervised=True, epochs=epochs, val_every=val_every,
@@ -65,42 +66,53 @@ def arms(project: Path, data: str, epochs: int, val_every: int, workers: int, im
     labeled = (base5 / "split" / "labeled.txt").read_text().splitlines()
     unlabeled = (base5 / "split" / "unlabeled.txt").read_text().splitlines()
     k = len(labeled)  # the next 5%: as many again
-    runs = {"base5": base5}
     picks = ranked_picks(project, base5, data, k, workers)
     assert len(set(picks)) == k and not set(picks) & set(labeled), "rank must pick k new unlabeled images"
     lst = write_list(project / "lists" / "ranked10.txt", labeled + picks)
-    runs["ranked10"] = run_arm(project, "ranked10", base, labeled=str(lst))
+    run_arm(project, "ranked10", base, labeled=str(lst))
     for seed in SEEDS:
         draw = np.random.default_rng(seed).choice(len(unlabeled), k, replace=False)
         lst = write_list(project / "lists" / f"random10_s{seed}.txt", labeled + [unlabeled[i] for i in draw])
-        runs[f"random10_s{seed}"] = run_arm(project, f"random10_s{seed}", base, labeled=str(lst))
-    return runs
+        run_arm(project, f"random10_s{seed}", base, labeled=str(lst))
 
 
-def summarise(project: Path, data: str, epochs: int, imgsz: int, runs: dict[str, Path]) -> None:
-    res = {name: best(rows(p)) for name, p in runs.items()}
-    rnd = [res[f"random10_s{s}"][MAP] for s in SEEDS]
-    mean, std = statistics.mean(rnd), statistics.stdev(rnd)
-    ranked = res["ranked10"][MAP]
-    verdict = "met" if ranked >= mean + std else "NOT met"
-    if max(rnd + [ranked]) == 0:
+def summarise(project: Path, data: str, epochs: int, imgsz: int, cpu_s: float | None = None) -> None:
+    """Record the finished arms in RESULTS.md (pending ones are named; the verdict needs ranked10 and 2+ random)."""
+    names = ["base5", "ranked10", *(f"random10_s{s}" for s in SEEDS)]
+    done = {n: project / n for n in names if (project / n / "done.json").is_file()}
+    pending = [n for n in names if n not in done]
+    res = {n: best(rows(p)) for n, p in done.items()}
+    rnd = [res[f"random10_s{s}"][MAP] for s in SEEDS if f"random10_s{s}" in res]
+    ranked = res["ranked10"][MAP] if "ranked10" in res else float("nan")
+    mean = statistics.mean(rnd) if rnd else float("nan")
+    std = statistics.stdev(rnd) if len(rnd) > 1 else float("nan")
+    if "ranked10" not in res or len(rnd) < 2:
+        verdict = f"pending ({', '.join(pending)} not finished)"
+    elif max(rnd + [ranked]) == 0:
         verdict = "not measurable (every arm at 0 mAP)"
+    else:
+        verdict = "met" if ranked >= mean + std else "NOT met"
+    base = f"{res['base5'][MAP]:.4f}" if "base5" in res else "pending"
     line = (f"active ({data}): ranked 10% {ranked:.4f} vs random 10% {mean:.4f} +- {std:.4f} "
-            f"({', '.join(f'{v:.4f}' for v in rnd)}), base 5% {res['base5'][MAP]:.4f} (mAP50-95, n, supervised, "
+            f"({', '.join(f'{v:.4f}' for v in rnd)}), base 5% {base} (mAP50-95, n, supervised, "
             f"{epochs} epochs at {imgsz} px); target ranked >= random mean + 1 std {verdict}")
-    rank_wall = (project / "rank" / "wall_s.txt").read_text().strip() if (project / "rank" / "wall_s.txt").is_file() else "?"
-    picks = project / "rank" / "rank.csv"
+    wall = project / "rank" / "wall_s.txt"
+    n_unl = len((project / "base5" / "split" / "unlabeled.txt").read_text().splitlines()) if "base5" in done else 0
     details = [
-        f"- every arm: YOLOv5n from scratch, supervised, {epochs} epochs at {imgsz} px (short schedule, sized for a 30-minute "
-        "single-thread budget on a shared 2-core CPU; far from converged), the dataset profile otherwise, split seed 0; "
-        "best validation mAP50-95 of each run",
+        f"- every arm: YOLOv5n from scratch, supervised, {epochs} epochs at {imgsz} px (a short schedule sized for a "
+        "30-minute single-thread budget; far from converged), the dataset profile otherwise, split seed 0; best "
+        "validation mAP50-95 of each run",
         *(f"- {n}: best mAP50-95 {r[MAP]:.4f} / mAP50 {r['metrics/mAP50']:.4f} at epoch {int(r['epoch'])}, "
-          f"{wall_s(runs[n]) / 60:.1f} min" for n, r in res.items()),
-        f"- rank of base5 over the {len((runs['base5'] / 'split' / 'unlabeled.txt').read_text().splitlines())} other "
-        f"train images: {rank_wall} s; picks and scores in {picks}",
-        f"- SSOD arms not run: a 10% SSOD run alone takes longer than this whole budget on this CPU",
+          f"{wall_s(done[n]) / 60:.1f} min wall" for n, r in res.items()),
+        *(f"- {n}: not finished when recorded" for n in pending),
+        f"- rank of base5 over the {n_unl} other train images: "
+        f"{wall.read_text().strip() if wall.is_file() else '?'} s wall; picks and scores in {project / 'rank/rank.csv'}",
+        *([f"- CPU time of the recording invocation: {cpu_s / 60:.1f} min (wall times above are inflated by the "
+           "shared, oversubscribed CPU)"] if cpu_s is not None else []),
+        f"- the 2-core CPU is shared with other jobs (load average {os.getloadavg()[0]:.1f} when recorded)",
+        "- SSOD arms not run: a 10% SSOD run alone takes longer than this whole budget on this CPU",
         f"- runs in {project}; command: OMP_NUM_THREADS=1 python -m benchmarks.active --data {data} --epochs {epochs} "
-        f"--imgsz {imgsz} --project {project.parent}",
+        f"--imgsz {imgsz} --project {project.parent} (--record: record the finished arms, train nothing)",
     ]
     record(f"active ({data})", line, "\n".join(details))
 
@@ -113,10 +125,14 @@ def main() -> None:
     ap.add_argument("--imgsz", type=int, default=128, help="image size of every run (the sample profile's is 256)")
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--project", type=Path, default=Path("runs/bench/active"))
+    ap.add_argument("--record", action="store_true", help="record the finished arms in RESULTS.md; train nothing")
     a = ap.parse_args()
     project = a.project / a.data
-    runs = arms(project, a.data, a.epochs, a.val_every, a.workers, a.imgsz)
-    summarise(project, a.data, a.epochs, a.imgsz, runs)
+    if a.record:
+        summarise(project, a.data, a.epochs, a.imgsz)
+        return
+    arms(project, a.data, a.epochs, a.val_every, a.workers, a.imgsz)
+    summarise(project, a.data, a.epochs, a.imgsz, cpu_s=time.process_time())
 
 
 if __name__ == "__main__":
