@@ -81,6 +81,7 @@ def test_class_rarity():
 def test_rank_normalize_and_combine():
     assert rank_normalize(np.array([3.0, 1.0, 2.0])).tolist() == [1.0, 0.0, 0.5]
     assert rank_normalize(np.array([2.0, 2.0])).tolist() == [0.5, 0.5]
+    assert rank_normalize(np.array([3.0, 2.0, 1.0, 2.0])).tolist() == [1.0, 0.5, 0.0, 0.5]  # ties share a rank
     cols = {"a": np.array([0.1, 0.2, 0.3]), "b": np.array([30.0, 20.0, 10.0]), "c": np.array([1.0, 1.0, 5.0])}
     s = combine_scores(cols, {"a": 1.0, "b": 1.0})
     assert s.tolist() == pytest.approx([0.5, 0.5, 0.5])  # opposite orders cancel

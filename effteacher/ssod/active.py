@@ -132,14 +132,15 @@ def class_rarity(probs: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> 
 
 def rank_normalize(x: np.ndarray) -> np.ndarray:
     """(n,) values -> (n,) rank percentiles in [0, 1] (ties share their mean rank; all equal -> 0.5)."""
-    from scipy.stats import rankdata
-
     x = np.asarray(x, np.float64)
     if len(x) == 0:
         return x
     if len(x) == 1 or np.ptp(x) == 0:
         return np.full(len(x), 0.5)
-    return (rankdata(x, method="average") - 1) / (len(x) - 1)
+    _, inv, counts = np.unique(x, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)  # 1-based rank of the last copy of each distinct value
+    mean_rank = ends - (counts - 1) / 2.0
+    return (mean_rank[inv.reshape(-1)] - 1) / (len(x) - 1)
 
 
 def combine_scores(columns: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
