@@ -78,7 +78,7 @@ def _checked(**options: Any) -> dict[str, Any]:
 def train(
     ctx: typer.Context,
     data: Optional[str] = typer.Option(None, help="Dataset YAML, or 'sample' (default) for the bundled sample dataset."),
-    labeled: Optional[str] = typer.Option(None, help="Labeled part of train: '10%' (default), '0.1' or a count '200'."),
+    labeled: Optional[str] = typer.Option(None, help="Labeled part of train: '10%' (default), '0.1', a count '200', or a file listing the labeled images."),
     model: Optional[str] = typer.Option(None, help="n (default), s, m, l, x, retina-r18 or retina-r50."),
     epochs: Optional[int] = typer.Option(None, help="Total epochs, burn-in included (default: auto, sized from the data)."),
     burn_in: Optional[str] = typer.Option(None, "--burn-in", help="Burn-in before SSOD: 'auto' (default: until validation plateaus) or epochs over L."),
@@ -183,6 +183,63 @@ def predict(
 
 
 @app.command()
+def pseudo(
+    ctx: typer.Context,
+    source: str = typer.Argument(..., help="Images: folder, glob, .txt list, image file, or a dataset YAML (its 'unlabeled')."),
+    weights: str = typer.Option(..., help="An effteacher .pt checkpoint (weights/best.pt)."),
+    conf: Optional[float] = typer.Option(None, help="Reliable threshold for every class (default: the training's per-class tau2)."),
+    flip: bool = typer.Option(False, "--flip", help="Average each image's and its mirror image's predictions (flip ensemble)."),
+    save_to_dataset: bool = typer.Option(False, "--save-to-dataset", help="Also write each label beside its image (images/ -> labels/); never overwrites."),
+    imgsz: Optional[int] = typer.Option(None, help="Image size (default: from the weights)."),
+    iou: Optional[float] = typer.Option(None, help="NMS IoU threshold (default: the training's teacher NMS, 0.65)."),
+    max_det: int = typer.Option(300, "--max-det"),
+    batch: int = typer.Option(16, help="Batch size."),
+    device: str = typer.Option("cpu", help="cpu or a CUDA index."),
+    workers: int = typer.Option(2, help="Dataloader workers."),
+    project: str = typer.Option("runs/pseudo"),
+    name: str = typer.Option("exp"),
+    exist_ok: bool = typer.Option(False, "--exist-ok"),
+) -> None:
+    """Pseudo-label images for review: YOLO txt (reliable boxes), COCO JSON (reliable + uncertain), review.csv."""
+
+    def run() -> Any:
+        from effteacher.engine.pseudo_export import run_pseudo
+
+        return run_pseudo(source=source, weights=weights, conf=conf, flip=flip, save_to_dataset=save_to_dataset,
+                          imgsz=imgsz, iou=iou, max_det=max_det, batch=batch, device=device, workers=workers,
+                          project=project, name=name, exist_ok=exist_ok)
+
+    _call(ctx, run)
+
+
+@app.command()
+def rank(
+    ctx: typer.Context,
+    weights: str = typer.Option(..., help="An effteacher .pt checkpoint (weights/best.pt)."),
+    data: str = typer.Option("sample", help="Dataset YAML or 'sample'."),
+    budget: int = typer.Option(100, help="How many images to choose."),
+    labeled: Optional[str] = typer.Option(None, help="Labeled list (file, or run folder with split/labeled.txt); default: the weights' run split."),
+    flip: bool = typer.Option(False, "--flip", help="Score the flip-ensemble detections (disagreement always uses both views)."),
+    imgsz: Optional[int] = typer.Option(None, help="Image size (default: from the weights)."),
+    batch: int = typer.Option(16, help="Batch size."),
+    device: str = typer.Option("cpu", help="cpu or a CUDA index."),
+    workers: int = typer.Option(2, help="Dataloader workers."),
+    project: str = typer.Option("runs/rank"),
+    name: str = typer.Option("exp"),
+    exist_ok: bool = typer.Option(False, "--exist-ok"),
+) -> None:
+    """Choose which unlabeled images to label next: to_label.txt (best first) and rank.csv (every score)."""
+
+    def run() -> Any:
+        from effteacher.engine.rank import run_rank
+
+        return run_rank(weights=weights, data=data, budget=budget, labeled=labeled, flip=flip, imgsz=imgsz,
+                        batch=batch, device=device, workers=workers, project=project, name=name, exist_ok=exist_ok)
+
+    _call(ctx, run)
+
+
+@app.command()
 def export(
     ctx: typer.Context,
     weights: str = typer.Option(..., help="An effteacher .pt checkpoint."),
@@ -213,7 +270,7 @@ def export(
 def split(
     ctx: typer.Context,
     data: str = typer.Option("sample", help="Dataset YAML or 'sample'."),
-    labeled: str = typer.Option("10%", help="'10%', '0.1' or a count '200'."),
+    labeled: str = typer.Option("10%", help="'10%', '0.1', a count '200', or a file listing the labeled images."),
     seed: int = typer.Option(0),
     project: str = typer.Option("runs/split"),
     name: str = typer.Option("exp"),

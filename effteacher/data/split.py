@@ -31,6 +31,8 @@ class Split:
     class_images: list[tuple[int, int]] = field(default_factory=list)  # (labeled, total) images per class
     backgrounds: tuple[int, int] = (0, 0)  # (labeled, total) images without boxes
     dataset_hash: str = ""
+    labeled_list: str = ""  # the file that listed the labeled images (--labeled FILE), absolute
+    labeled_list_sha256: str = ""
 
 
 def parse_labeled(labeled: str | int | float, n: int) -> int:
@@ -44,8 +46,8 @@ def parse_labeled(labeled: str | int | float, n: int) -> int:
         else:
             frac = float(s)
     except ValueError:
-        raise DatasetError(f"--labeled {labeled!r} is not understood; use a percentage '10%', a fraction '0.1' "
-                           "or a count '200'") from None
+        raise DatasetError(f"--labeled {labeled!r} is not understood; use a percentage '10%', a fraction '0.1', "
+                           "a count '200' or an existing file listing the labeled images (labeled.txt)") from None
     if s.endswith("%") or not re.fullmatch(r"\d+", s):
         if not (0 < frac <= 1) or not np.isfinite(frac):
             raise DatasetError(f"--labeled {labeled!r} must be above 0% and at most 100% (0 < fraction <= 1)")
@@ -96,7 +98,7 @@ def make_split(records: list[ImageRecord], labeled: str, seed: int, nc: int | No
         raise DatasetError("no usable train image to split")
     k = parse_labeled(labeled, n)
     nc = nc if nc is not None else int(max((int(r.cls.max()) for r in records if r.n), default=-1)) + 1
-    present, counts = _presence(records, nc)
+    _, counts = _presence(records, nc)
     ext = np.concatenate([counts, (counts.sum(1) == 0)[:, None]], 1).astype(np.float64)  # + background column
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)  # random priority of images
@@ -138,16 +140,84 @@ def make_split(records: list[ImageRecord], labeled: str, seed: int, nc: int | No
     if m < k:
         rest = order[~chosen[order]][: k - m]
         chosen[rest] = True
+    return _split_of(records, chosen, seed, str(labeled), nc)
+
+
+def _split_of(records: list[ImageRecord], chosen: np.ndarray, seed: int, spec: str, nc: int) -> Split:
+    """A Split (with its class and background counts) from a bool mask of the labeled records."""
+    present, counts = _presence(records, nc)
     lab = np.flatnonzero(chosen)
-    unl = np.flatnonzero(~chosen)
-    tot_inst = counts.sum(0)
-    lab_inst = counts[lab].sum(0)
+    background = counts.sum(1) == 0
     return Split(
-        labeled=lab.tolist(), unlabeled=unl.tolist(), seed=int(seed), labeled_spec=str(labeled), n_images=n,
-        class_counts=[(int(a), int(b)) for a, b in zip(lab_inst, tot_inst)],
+        labeled=lab.tolist(), unlabeled=np.flatnonzero(~chosen).tolist(), seed=int(seed), labeled_spec=spec,
+        n_images=len(records), class_counts=[(int(a), int(b)) for a, b in zip(counts[lab].sum(0), counts.sum(0))],
         class_images=[(int(a), int(b)) for a, b in zip(present[lab].sum(0), present.sum(0))],
-        backgrounds=(int(ext[lab, nc].sum()), int(ext[:, nc].sum())), dataset_hash=dataset_hash(records),
+        backgrounds=(int(background[lab].sum()), int(background.sum())), dataset_hash=dataset_hash(records),
     )
+
+
+def is_list_spec(labeled: str | int | float) -> bool:
+    """True when ``--labeled`` names a file of image paths rather than '10%', '0.1' or '200'."""
+    s = str(labeled).strip()
+    if re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)(e[+-]?\d+)?%?", s, re.I):
+        return False
+    return s.lower().endswith(".txt") or Path(s).expanduser().is_file()
+
+
+def read_labeled_list(list_path: str | Path, records: list[ImageRecord], root: str | Path | None = None) -> list[int]:
+    """Indices of ``records`` named by a list file: one image path a line, ``#`` comments and blank lines skipped.
+
+    A relative line resolves against the list's folder first, then the dataset ``root``. Raises
+    DatasetError naming the file and line for a path that does not exist, or that exists but is not a
+    (usable) train image, and for a list without any image. Duplicates count once.
+    """
+    lp = Path(list_path).expanduser()
+    if not lp.is_file():
+        raise DatasetError(f"--labeled {list_path}: file not found; pass a text file with one image path per line")
+    try:
+        lines = lp.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{lp}: cannot read the labeled list ({e}); make it a UTF-8 text file, one path a line") from e
+    index = {os.path.abspath(r.path): i for i, r in enumerate(records)}
+    real = {os.path.realpath(r.path): i for i, r in enumerate(records)}
+    bases = [lp.parent] + ([Path(root)] if root is not None else [])
+    chosen: list[int] = []
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        p = Path(line).expanduser()
+        cands = [p] if p.is_absolute() else [b / p for b in bases]
+        found = (index.get(os.path.abspath(c), real.get(os.path.realpath(c))) for c in cands)
+        hit = next((i for i in found if i is not None), None)
+        if hit is None:
+            where = " or ".join(str(c) for c in cands)
+            if not any(c.exists() for c in cands):
+                raise DatasetError(f"{lp}:{n}: {line} not found (looked for {where}); fix the path or remove the line")
+            raise DatasetError(f"{lp}:{n}: {line} is not one of the dataset's usable train images; list images of "
+                               "'train' (run `effteacher check` if it was skipped as corrupt)")
+        chosen.append(hit)
+    if not chosen:
+        raise DatasetError(f"{lp}: lists no image; write one image path per line")
+    return sorted(set(chosen))
+
+
+def build_split(records: list[ImageRecord], labeled: str, seed: int, nc: int | None = None,
+                root: str | Path | None = None) -> Split:
+    """The run's split: the images a ``--labeled`` list file names, or a seeded stratified sample (``make_split``)."""
+    if not is_list_spec(labeled):
+        return make_split(records, labeled, seed, nc=nc)
+    if not records:
+        raise DatasetError("no usable train image to split")
+    nc = nc if nc is not None else int(max((int(r.cls.max()) for r in records if r.n), default=-1)) + 1
+    lp = Path(str(labeled).strip()).expanduser()
+    idx = read_labeled_list(lp, records, root)
+    chosen = np.zeros(len(records), bool)
+    chosen[idx] = True
+    split = _split_of(records, chosen, seed, str(lp.resolve()), nc)
+    split.labeled_list = str(lp.resolve())
+    split.labeled_list_sha256 = hashlib.sha256(lp.read_bytes()).hexdigest()
+    return split
 
 
 def write_split(split: Split, records: list[ImageRecord], out_dir: str | Path,
@@ -168,6 +238,8 @@ def write_split(split: Split, records: list[ImageRecord], out_dir: str | Path,
         "n_labeled": len(split.labeled),
         "n_unlabeled": len(split.unlabeled),
         "dataset_hash": split.dataset_hash,
+        **({"labeled_list": {"path": split.labeled_list, "sha256": split.labeled_list_sha256}}
+           if split.labeled_list else {}),
         "backgrounds": {"labeled": split.backgrounds[0], "images": split.backgrounds[1]},
         "classes": [
             {"id": c, "name": names[c] if c < len(names) else str(c), "labeled_instances": li, "instances": ti,
@@ -232,7 +304,7 @@ def run_split(data: str, labeled: str, seed: int, project: str | Path = "runs/sp
 
     spec = load_spec(data)
     scan = scan_labeled(spec.train, spec.names)
-    split = make_split(scan.records, labeled, seed, nc=spec.nc)
+    split = build_split(scan.records, labeled, seed, nc=spec.nc, root=spec.root)
     out = increment_path(project, name, exist_ok=exist_ok)
     write_split(split, scan.records, out, spec.names)
     t = Table(title=f"Split of {spec.yaml_path}: --labeled {labeled} --seed {seed}")

@@ -177,19 +177,6 @@ def find_sources(source: str | Path) -> list[Path]:
     return files
 
 
-def _unique_name(name: str, used: set[str]) -> str:
-    """``name`` or ``stem_2.ext`` etc. so that images with the same file name do not overwrite each other."""
-    if name not in used:
-        used.add(name)
-        return name
-    p = Path(name)
-    n = 2
-    while f"{p.stem}_{n}{p.suffix}" in used:
-        n += 1
-    used.add(f"{p.stem}_{n}{p.suffix}")
-    return f"{p.stem}_{n}{p.suffix}"
-
-
 def run_predict(
     source: str | Path,
     weights: str | Path,
@@ -210,7 +197,7 @@ def run_predict(
     from rich.markup import escape
 
     from effteacher.utils.console import info, warn
-    from effteacher.utils.files import increment_path
+    from effteacher.utils.files import increment_path, unique_name
 
     files = find_sources(source)
     det = Detector(weights, device=device, conf=conf, iou=iou, imgsz=imgsz, max_det=max_det)
@@ -231,7 +218,7 @@ def run_predict(
         d.path = str(f)
         times += (d.speed["preprocess"], d.speed["inference"], d.speed["nms"])
         n_done += 1
-        out_name = _unique_name(f.name, used)
+        out_name = unique_name(f.name, used)
         counts = np.bincount(d.classes, minlength=len(det.names)) if len(d) else np.zeros(0, np.int64)
         summary = ", ".join(f"{n} {det.names[c]}" for c, n in enumerate(counts.tolist()) if n) or "no detections"
         info(escape(f"image {i + 1}/{len(files)} {f}: {d.shape[0]}x{d.shape[1]} {summary}, "

@@ -216,7 +216,7 @@ def load_train_data(cfg: TrainConfig, run_dir: Path, resuming: bool, ctx: DistCo
     """
     from effteacher.data.dataset import scan_labeled, scan_unlabeled
     from effteacher.data.spec import load_spec
-    from effteacher.data.split import dataset_hash, load_split, make_split, write_split
+    from effteacher.data.split import build_split, dataset_hash, load_split, write_split
 
     is_main = ctx.is_main
     with dist.torch_distributed_zero_first(ctx):  # rank 0 also generates a bundled sample dataset first
@@ -234,7 +234,7 @@ def load_train_data(cfg: TrainConfig, run_dir: Path, resuming: bool, ctx: DistCo
     def choose_split() -> Any:
         if resuming and (split_dir / "split.json").exists():
             return load_split(split_dir, records)
-        made = make_split(records, cfg.labeled, cfg.seed, nc=len(spec.names))
+        made = build_split(records, cfg.labeled, cfg.seed, nc=len(spec.names), root=spec.root)
         write_split(made, records, split_dir, names=spec.names)
         return made
 
@@ -250,7 +250,10 @@ def load_train_data(cfg: TrainConfig, run_dir: Path, resuming: bool, ctx: DistCo
         )
     if not val_scan.records:
         raise DatasetError(f"{cfg.data}: no usable validation image; check the 'val:' entry")
-    return TrainData(spec.names, labeled, unlabeled + extra, val_scan.records, hidden_labels_known=not extra)
+    # pseudo-label precision is reported against the hidden labels of U only when U has some: a train folder
+    # whose unlabeled images have no label files at all (a --labeled list layout) has none to compare with
+    known = not extra and any(r.n for r in unlabeled)
+    return TrainData(spec.names, labeled, unlabeled + extra, val_scan.records, hidden_labels_known=known)
 
 
 def init_from_weights(model: torch.nn.Module, weights: str) -> int:

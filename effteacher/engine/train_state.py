@@ -26,7 +26,9 @@ class StateMixin:
 
         self._epoch_done = epoch + 1
         names, cfg = self.data.names, self.cfg
-        deploy = make_checkpoint(self.ema.module, names, cfg.imgsz, self._which(), epoch + 1, metrics, to_dict(cfg))
+        th, which = self.thresholds, self._which()  # the teacher's tau1/tau2: read by `effteacher pseudo` and `rank`
+        extra = {"pseudo_thresholds": {"kind": th.kind, "tau1": th.tau1, "tau2": th.tau2}} if which == "teacher" else None
+        deploy = make_checkpoint(self.ema.module, names, cfg.imgsz, which, epoch + 1, metrics, to_dict(cfg), extra)
         state = {
             "student": self.model.state_dict(),
             "ema": self.ema.state_dict(),

@@ -174,8 +174,12 @@ def _labeled_problem(labeled: str) -> str | None:
     from effteacher.data.split import parse_labeled
     from effteacher.errors import DatasetError
 
-    if Path(str(labeled)).suffix and Path(str(labeled)).is_file():
+    path = Path(str(labeled))
+    if path.suffix and path.is_file():
         return None  # a list of images: read after the scan
+    if path.suffix.lower() in (".txt", ".csv", ".lst") or "/" in str(labeled) or "\\" in str(labeled):
+        return (f"--labeled {labeled}: file not found; give an existing file listing the labeled images "
+                "(one path per line) or a percentage like '10%'")
     try:
         parse_labeled(labeled, 2**62)
     except DatasetError as e:

@@ -97,7 +97,7 @@ def hand_over(student: nn.Module, ema: ModelEMA) -> None:
     unwrap(student).load_state_dict(ema.module.state_dict())
 
 
-def _mirror_raw(raw: Tensor) -> Tensor:
+def mirror_raw(raw: Tensor) -> Tensor:
     """Map one level's raw output of a horizontally flipped image back to the original frame.
 
     raw: (B, na, H, W, 5+nc) logits. The grid is flipped along W; the x-offset logit is negated,
@@ -119,7 +119,7 @@ def flip_ensemble_predict(
 
     model: a Detector (``model(x)`` -> raw per-level (B, na, H_i, W_i, 5+nc), ``.anchors``,
     ``.stride``). x: (B, 3, H, W) float, W a multiple of the largest stride. The flipped run is
-    mapped back per anchor location (see ``_mirror_raw``), both runs are decoded, and boxes
+    mapped back per anchor location (see ``mirror_raw``), both runs are decoded, and boxes
     (pixels) and probabilities are averaged anchor by anchor. Returns (B, A, 5+nc) like ``decode``.
     decode_fn defaults to ``effteacher.models.head.decode``.
     """
@@ -130,5 +130,5 @@ def flip_ensemble_predict(
     if x.shape[-1] % smax:
         raise ValueError(f"flip_ensemble_predict: image width {x.shape[-1]} is not a multiple of stride {smax}")
     raw = net(x)
-    raw_f = [_mirror_raw(r) for r in net(x.flip(-1))]
+    raw_f = [mirror_raw(r) for r in net(x.flip(-1))]
     return 0.5 * (decode_fn(raw, net.anchors, net.stride) + decode_fn(raw_f, net.anchors, net.stride))

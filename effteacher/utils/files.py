@@ -68,3 +68,16 @@ def atomic_write(path: str | Path, writer: Callable[[str], None], mode: int | No
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def unique_name(name: str, used: set[str]) -> str:
+    """``name`` or ``stem_2.ext`` etc., so that files with the same name do not overwrite each other; adds it to ``used``."""
+    if name not in used:
+        used.add(name)
+        return name
+    p = Path(name)
+    n = 2
+    while f"{p.stem}_{n}{p.suffix}" in used:
+        n += 1
+    used.add(f"{p.stem}_{n}{p.suffix}")
+    return f"{p.stem}_{n}{p.suffix}"

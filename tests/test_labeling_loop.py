@@ -1,0 +1,268 @@
+"""The labeling loop end to end on tiny data: `pseudo` (YOLO txt, COCO JSON, review.csv, --save-to-dataset),
+`rank` (to_label.txt, rank.csv) and training from a `--labeled` list."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from effteacher.cli import app
+from effteacher.data.sample import SampleConfig, generate
+
+TINY = ["--imgsz", "96", "--batch", "4", "--workers", "0"]
+
+
+def _cli(args: list[str]):
+    return CliRunner().invoke(app, args, catch_exceptions=False)
+
+
+def _text(res) -> str:
+    """The command's output on one line (rich wraps long lines)."""
+    return " ".join(res.output.split())
+
+
+def _hot_checkpoint(src: Path, dst: Path) -> Path:
+    """``src`` with head biases raised so that the model detects without minutes of training: every P5 anchor
+    confident (reliable at the default tau2 0.6), every P4 anchor unsure (between tau1 and tau2), P3 silent."""
+    ck = torch.load(src, weights_only=True)
+    ck.pop("train_state", None)
+    sd = {k: v.clone() for k, v in ck["state_dict"].items()}
+    for level, (obj, cls) in {0: (-10.0, 0.0), 1: (5.0, 2.5), 2: (8.0, 4.0)}.items():
+        b = sd[f"head.{level}.bias"].view(3, -1)
+        b[:, 4] += obj
+        b[:, 5:] += cls
+    ck["state_dict"] = sd
+    torch.save(ck, dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory) -> dict[str, Path]:
+    """Tiny dataset (+ a YAML with 'unlabeled' images), a 2-epoch SSOD run and a detecting checkpoint in its folder."""
+    root = tmp_path_factory.mktemp("loop")
+    y = generate(root / "ds", SampleConfig(n_train=24, n_val=6, imgsz=96, min_digit=16, max_digit=40, max_digits=3),
+                 progress=False)
+    extra = root / "ds" / "extra"
+    extra.mkdir()
+    for i, f in enumerate(sorted((root / "ds" / "images" / "val").glob("*.jpg"))[:4]):
+        shutil.copy(f, extra / f"u{i}.jpg")
+    d = yaml.safe_load(y.read_text())
+    yu = root / "ds" / "with_unlabeled.yaml"
+    yu.write_text(yaml.safe_dump({**d, "unlabeled": "extra"}))
+    res = _cli(["train", "--data", str(y), "--labeled", "25%", "--epochs", "2", "--burn-in", "1", *TINY,
+                "--project", str(root / "runs"), "--name", "ssod", "--thresholds", "fixed"])
+    assert res.exit_code == 0, res.output
+    run = root / "runs" / "ssod"
+    hot = _hot_checkpoint(run / "weights" / "best.pt", run / "weights" / "hot.pt")
+    return {"root": root, "yaml": y, "yaml_u": yu, "run": run, "hot": hot, "extra": extra}
+
+
+def test_teacher_checkpoint_stores_its_thresholds(loop):
+    for f in ("last.pt", "best.pt"):
+        ck = torch.load(loop["run"] / "weights" / f, weights_only=True)
+        if ck["which"] != "teacher":
+            continue
+        th = ck["pseudo_thresholds"]
+        assert th["kind"] == "fixed" and len(th["tau1"]) == len(th["tau2"]) == 10
+        assert torch.allclose(th["tau2"], torch.full((10,), 0.6))
+    assert "pseudo_thresholds" in torch.load(loop["run"] / "weights" / "last.pt", weights_only=True)
+
+
+def _review(out: Path) -> list[dict[str, str]]:
+    with open(out / "review.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_pseudo_writes_yolo_coco_and_review(loop, tmp_path):
+    from pycocotools.coco import COCO
+
+    src = loop["root"] / "ds" / "images" / "val"
+    res = _cli(["pseudo", str(src), "--weights", str(loop["hot"]), "--workers", "0", "--project", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "exp"
+    assert "per-class fixed thresholds stored with the teacher" in _text(res)
+    images = sorted(src.glob("*.jpg"))
+    labels = sorted((out / "labels").glob("*.txt"))
+    assert [p.stem for p in labels] == [p.stem for p in images]
+    n_txt = 0
+    for p in labels:
+        rows = np.loadtxt(p, ndmin=2)
+        assert rows.shape[1] == 5 and ((rows[:, 1:] >= 0) & (rows[:, 1:] <= 1)).all()
+        assert set(rows[:, 0].astype(int)) <= set(range(10))
+        n_txt += len(rows)
+    coco = COCO(str(out / "pseudo_labels.json"))
+    assert len(coco.getImgIds()) == len(images)
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == [str(i) for i in range(10)]
+    anns = coco.loadAnns(coco.getAnnIds())
+    status = [a["attributes"]["pseudo"] for a in anns]
+    assert n_txt == status.count("reliable") > 0 and status.count("uncertain") > 0
+    assert all(0 < a["score"] <= 1 and a["bbox"][2] > 0 and a["bbox"][3] > 0 for a in anns)
+    # the reliable COCO boxes are the YOLO boxes
+    img0 = coco.loadImgs(1)[0]
+    rel = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=[1])) if a["attributes"]["pseudo"] == "reliable"]
+    txt = np.loadtxt(out / "labels" / f"{Path(img0['file_name']).stem}.txt", ndmin=2)
+    xywh = np.array([[a["category_id"] - 1, a["bbox"][0] + a["bbox"][2] / 2, a["bbox"][1] + a["bbox"][3] / 2,
+                      *a["bbox"][2:]] for a in rel]) / [1, img0["width"], img0["height"], img0["width"], img0["height"]]
+    assert np.allclose(np.sort(txt, 0), np.sort(xywh, 0), atol=1e-3)
+    review = _review(out)
+    assert len(review) == len(images) and [int(r["rank"]) for r in review] == list(range(1, len(images) + 1))
+    unc = [float(r["uncertainty"]) for r in review]
+    assert unc == sorted(unc, reverse=True) and all(0 <= u <= 1 for u in unc)
+    assert sum(int(r["n_reliable"]) for r in review) == n_txt
+    assert sum(int(r["n_uncertain"]) for r in review) == status.count("uncertain")
+    assert {r["image"] for r in review} == {str(p) for p in images}
+    # nothing was written next to the user's images
+    assert not (loop["root"] / "ds" / "labels" / "val" / "pseudo").exists()
+    # --conf raises every class's reliable threshold: fewer reliable boxes
+    res = _cli(["pseudo", str(src), "--weights", str(loop["hot"]), "--workers", "0", "--project", str(tmp_path),
+                "--conf", "0.95", "--flip"])
+    assert res.exit_code == 0, res.output
+    assert sum(int(r["n_reliable"]) for r in _review(tmp_path / "exp2")) < n_txt
+
+
+def test_pseudo_save_to_dataset_round_trips_and_never_overwrites(loop, tmp_path):
+    from effteacher.data.dataset import scan_labeled
+
+    imgs = tmp_path / "new" / "images"
+    imgs.mkdir(parents=True)
+    for f in sorted((loop["root"] / "ds" / "images" / "val").glob("*.jpg"))[:3]:
+        shutil.copy(f, imgs / f.name)
+    args = ["pseudo", str(imgs), "--weights", str(loop["hot"]), "--workers", "0", "--project", str(tmp_path / "runs")]
+    res = _cli([*args, "--save-to-dataset"])
+    assert res.exit_code == 0, res.output
+    beside = sorted((tmp_path / "new" / "labels").glob("*.txt"))
+    assert len(beside) == 3
+    for f in beside:
+        assert f.read_text() == (tmp_path / "runs" / "exp" / "labels" / f.name).read_text()
+    # the YOLO txt round-trips through the dataset loader
+    scan = scan_labeled([imgs], [str(i) for i in range(10)], cache_dir=tmp_path / "cache", progress=False)
+    assert len(scan.records) == 3 and not scan.messages
+    for r in scan.records:
+        rows = np.loadtxt(tmp_path / "new" / "labels" / f"{Path(r.path).stem}.txt", ndmin=2)
+        assert r.cls.tolist() == rows[:, 0].astype(int).tolist()
+        assert np.allclose(r.boxes, rows[:, 1:], atol=1e-5)
+    # a second run refuses: it names the existing file, writes nothing beside the images, leaves them unchanged
+    before = {f: f.read_text() for f in beside}
+    beside[0].write_text("0 0.5 0.5 0.1 0.1\n")
+    before[beside[0]] = beside[0].read_text()
+    res = _cli([*args, "--save-to-dataset"])
+    assert res.exit_code == 1 and "never overwrites" in _text(res) and beside[0].name in res.output
+    assert "Traceback" not in res.output
+    assert {f: f.read_text() for f in beside} == before
+    assert not (tmp_path / "runs" / "exp2").exists()
+    # two images that map to one label file are refused too
+    shutil.rmtree(tmp_path / "new" / "labels")
+    import cv2
+
+    cv2.imwrite(str(imgs / "000000.png"), cv2.imread(str(imgs / "000000.jpg")))
+    res = _cli([*args, "--save-to-dataset"])
+    assert res.exit_code == 1 and "would both be labeled in" in _text(res)
+    assert not (tmp_path / "new" / "labels").exists()
+
+
+def test_pseudo_sources_and_errors(loop, tmp_path):
+    res = _cli(["pseudo", str(loop["yaml_u"]), "--weights", str(loop["hot"]), "--workers", "0",
+                "--project", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert {Path(r["image"]).name for r in _review(tmp_path / "exp")} == {f"u{i}.jpg" for i in range(4)}
+    res = _cli(["pseudo", str(loop["yaml"]), "--weights", str(loop["hot"]), "--project", str(tmp_path)])
+    assert res.exit_code == 1 and "no 'unlabeled' entry" in _text(res)
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"x")
+    res = _cli(["pseudo", str(loop["extra"]), "--weights", str(onnx), "--project", str(tmp_path)])
+    assert res.exit_code == 1 and "need an effteacher .pt checkpoint" in _text(res)
+
+
+def test_rank_writes_k_unique_unlabeled_paths(loop, tmp_path):
+    res = _cli(["rank", "--weights", str(loop["hot"]), "--data", str(loop["yaml_u"]), "--budget", "5",
+                "--workers", "0", "--project", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "exp"
+    picks = (out / "to_label.txt").read_text().splitlines()
+    assert len(picks) == 5 == len(set(picks)) and all(Path(p).is_file() for p in picks)
+    labeled = set((loop["run"] / "split" / "labeled.txt").read_text().splitlines())
+    assert not labeled & set(picks)
+    with open(out / "rank.csv") as f:
+        rows = list(csv.DictReader(f))
+    unlabeled = set((loop["run"] / "split" / "unlabeled.txt").read_text().splitlines())
+    assert {r["image"] for r in rows} == unlabeled | {str(p) for p in loop["extra"].glob("*.jpg")}
+    assert [r["image"] for r in rows[:5]] == picks and [r["pick"] for r in rows[:5]] == ["1", "2", "3", "4", "5"]
+    assert all(r["pick"] == "" for r in rows[5:])
+    for r in rows:
+        for k in ("score", "uncertainty", "disagreement", "rarity"):
+            assert 0.0 <= float(r[k]) <= 1.0, (k, r[k])
+        assert float(r["novelty"]) >= 0 and r["source"] in ("train", "unlabeled")
+    # a budget above the candidates lists every one of them once
+    res = _cli(["rank", "--weights", str(loop["hot"]), "--data", str(loop["yaml_u"]), "--budget", "500",
+                "--workers", "0", "--project", str(tmp_path)])
+    assert res.exit_code == 0 and "more than the" in _text(res)
+    allp = (tmp_path / "exp2" / "to_label.txt").read_text().splitlines()
+    assert len(allp) == len(set(allp)) == len(rows)
+
+
+def test_training_from_a_labeled_list(loop, tmp_path):
+    ds = loop["root"] / "ds"
+    train = sorted((ds / "images" / "train").glob("*.jpg"))
+    lst = tmp_path / "lists" / "labeled.txt"
+    lst.parent.mkdir()
+    # absolute, relative to the dataset root, a duplicate, a comment and a blank line
+    lst.write_text(f"# chosen by effteacher rank\n{train[0]}\n\nimages/train/{train[1].name}\n{train[2]}\n{train[0]}\n")
+    inside = ds / "images" / "mine.txt"
+    inside.write_text(f"train/{train[3].name}\n")  # relative to the list's own folder
+    res = _cli(["train", "--data", str(loop["yaml"]), "--labeled", str(lst), "--supervised", "--epochs", "1", *TINY,
+                "--project", str(tmp_path / "runs"), "--name", "fromlist"])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "runs" / "fromlist"
+    assert (run / "split" / "labeled.txt").read_text().splitlines() == [str(p) for p in train[:3]]
+    m = json.loads((run / "split" / "split.json").read_text())
+    assert m["labeled_list"]["path"] == str(lst.resolve()) and len(m["labeled_list"]["sha256"]) == 64
+    assert m["n_labeled"] == 3 and m["n_unlabeled"] == len(train) - 3
+    assert (run / "weights" / "best.pt").is_file()
+    res = _cli(["split", "--data", str(loop["yaml"]), "--labeled", str(inside), "--project", str(tmp_path / "sp")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "sp" / "exp" / "labeled.txt").read_text().splitlines() == [str(train[3])]
+    # one clear error per bad line, naming the list and the line
+    for text, msg in [(f"{train[0]}\nimages/train/nope.jpg\n", "labeled.txt:2: images/train/nope.jpg not found"),
+                      (f"{sorted((ds / 'images' / 'val').glob('*.jpg'))[0]}\n", "labeled.txt:1:"),
+                      ("# nothing\n", "lists no image")]:
+        lst.write_text(text)
+        res = _cli(["split", "--data", str(loop["yaml"]), "--labeled", str(lst), "--project", str(tmp_path / "sp")])
+        assert res.exit_code == 1 and msg in _text(res), res.output
+        assert "Traceback" not in res.output
+    res = _cli(["split", "--data", str(loop["yaml"]), "--labeled", str(tmp_path / "missing.txt")])
+    assert res.exit_code == 1 and "file not found" in _text(res)
+
+
+def test_list_layout_where_only_listed_images_have_labels(loop, tmp_path):
+    """Every image in train, label files only for the listed ones: the rest is U, with no hidden labels to report on."""
+    from effteacher.config import TrainConfig, replace
+    from effteacher.engine.setup import load_train_data
+
+    src = loop["root"] / "ds"
+    ds = tmp_path / "ds"
+    shutil.copytree(src / "images", ds / "images")
+    shutil.copytree(src / "labels" / "val", ds / "labels" / "val")
+    train = sorted((ds / "images" / "train").glob("*.jpg"))
+    (ds / "labels" / "train").mkdir()
+    for f in train[:6]:
+        shutil.copy(src / "labels" / "train" / f"{f.stem}.txt", ds / "labels" / "train")
+    y = ds / "d.yaml"
+    y.write_text(yaml.safe_dump({**yaml.safe_load(loop["yaml"].read_text()), "path": "."}))
+    lst = ds / "labeled.txt"
+    lst.write_text("".join(f"images/train/{f.name}\n" for f in train[:6]))
+    from effteacher.engine.dist import DistContext
+
+    data = load_train_data(replace(TrainConfig(), data=str(y), labeled=str(lst)), tmp_path / "run", False,
+                           DistContext.from_env("cpu"))
+    assert [r.path for r in data.labeled] == [str(f) for f in train[:6]]
+    assert len(data.unlabeled) == len(train) - 6 and all(r.n == 0 for r in data.unlabeled)
+    assert not data.hidden_labels_known
+    assert json.loads((tmp_path / "run" / "split" / "split.json").read_text())["n_labeled"] == 6
