@@ -138,3 +138,24 @@ def test_non_yolo_pickle_is_not_a_checkpoint(tmp_path: Path) -> None:
     torch.save({"model": torch.nn.Linear(2, 2)}, path)
     with pytest.raises(CheckpointError, match="not an effteacher checkpoint nor a YOLOv5 one.*Linear"):
         load_checkpoint(path)
+
+
+def test_getattr_only_names_inert_records(tmp_path: Path) -> None:
+    # pickled methods arrive as getattr(Class, "name"): fine on a record class, refused on anything real
+    class _Reach:
+        def __reduce__(self):
+            return getattr, (torch.nn.Module, "__init__")
+
+    class _Globals:
+        def __reduce__(self):
+            return getattr, (OrderedDict, "fromkeys")
+
+    path = tmp_path / "m.pt"
+    torch.save({"fwd": torch.nn.Conv2d.forward}, path)
+    fwd = load_inert(path)["fwd"]
+    assert isinstance(fwd, type) and issubclass(fwd, Record) and fwd.qualname == "torch.nn.modules.conv.Conv2d.forward"
+    torch.save({"x": _Globals()}, path)
+    with pytest.raises(RefusedGlobal, match="getattr"):
+        load_inert(path)
+    torch.save({"x": _Reach()}, path)  # torch.nn.Module itself resolves to a record; its __init__ is a name only
+    assert issubclass(load_inert(path)["x"], Record)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from effteacher.engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from effteacher.engine.checkpoint import FORMAT, load_checkpoint, model_from_checkpoint, save_checkpoint, yolov5_checkpoint
 from effteacher.errors import CheckpointError
 
 
@@ -87,7 +87,7 @@ def init_from_weights(model: nn.Module, path: str | Path, names: list[str]) -> i
     meta = obj["model"]
     src_variant = meta.get("variant")
     t = transfer_state(obj["state_dict"], [str(n) for n in meta.get("names") or []], model, list(names))
-    if t.n == 0:
+    if not any(k not in ("anchors", "stride") for k in t.state):  # only the anchor buffers would fit
         raise CheckpointError(f"{path}: no tensor fits model '{variant}' (the weights hold a '{src_variant}' model); "
                               f"pass --model {src_variant}")
     model.load_state_dict(t.state, strict=False)
@@ -105,9 +105,13 @@ def convert(weights: str | Path, output: str | Path | None = None) -> Path:
     from effteacher.utils.console import info
 
     src = Path(weights)
-    ckpt = load_checkpoint(src)
-    if (ckpt.get("source") or {}).get("format") != "yolov5":
+    try:
+        plain = torch.load(src, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - pickled objects (YOLOv5) or a bad file: yolov5_checkpoint says which
+        plain = None
+    if isinstance(plain, dict) and plain.get("format") == FORMAT:
         raise CheckpointError(f"{src}: already an effteacher checkpoint; use it with --weights as it is")
+    ckpt = yolov5_checkpoint(src)
     out = Path(output) if output else src.with_name(f"{src.stem}-effteacher.pt")
     if out.resolve() == src.resolve():
         raise CheckpointError(f"{out}: the output would overwrite the YOLOv5 file; pass another -o path")

@@ -201,7 +201,9 @@ def _layout(types: list[str], detect: Record) -> str:
     nl = detect.get("nl") if detect.type_name in ("Detect", "Segment") else None
     if detect.type_name == "Segment":
         raise ValueError("a YOLOv5 segmentation model (yolov5*-seg.pt); use the detection model (yolov5s.pt)")
-    if nl == 4:
+    stride = detect.get("stride")
+    strides = [float(v) for v in stride.tolist()] if isinstance(stride, torch.Tensor) else []
+    if nl == 4 and strides == [8.0, 16.0, 32.0, 64.0]:
         raise ValueError("a YOLOv5 P6 model (4 output levels, e.g. yolov5s6.pt); effteacher builds P5 models: "
                          "use yolov5n/s/m/l/x.pt")
     if "BottleneckCSP" in types:

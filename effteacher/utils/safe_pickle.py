@@ -7,7 +7,8 @@ answers every global the file names from a fixed allow-list:
 - tensor storages (torch's own loader), ``torch._utils`` tensor/parameter rebuild functions
   (wrapped: hooks and Python state stored with a parameter are dropped), torch dtypes,
   ``collections.OrderedDict``, ``set``/``frozenset``/``slice``/``complex``, ``_codecs.encode`` (latin-1
-  only, which protocol-2 pickles use for bytes);
+  only, which protocol-2 pickles use for bytes), and ``getattr`` on a Record class only (pickled methods
+  such as ``Detect.forward`` in segmentation models), answered with another Record class;
 - classes of the modules in :data:`RECORD_MODULES` (YOLOv5 ``models.*``/``utils.*``, ``torch.nn.modules``,
   numpy arrays, ``pathlib`` paths, ``argparse.Namespace``) become :class:`Record` subclasses: inert
   objects that only keep the arguments and state the pickle gives them;
@@ -170,14 +171,26 @@ class InertUnpickler(pickle.Unpickler):
             return _FUNCTIONS[(module, name)]
         if module == "builtins" and name in _BUILTINS:
             return _BUILTINS[name]
+        if module == "builtins" and name == "getattr":
+            return self._record_getattr
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype) and name.isidentifier():
             return getattr(torch, name)
         if _record_module(module) and all(part.isidentifier() for part in name.split(".")):
-            key = f"{module}.{name}"
-            if key not in self._classes:
-                self._classes[key] = type(name.rsplit(".", 1)[-1], (Record,), {"qualname": key, "__module__": __name__})
-            return self._classes[key]
+            return self._record_class(f"{module}.{name}")
         raise RefusedGlobal(module, name)
+
+    def _record_class(self, qualname: str) -> type[Record]:
+        if qualname not in self._classes:
+            short = qualname.rsplit(".", 1)[-1]
+            self._classes[qualname] = type(short, (Record,), {"qualname": qualname, "__module__": __name__})
+        return self._classes[qualname]
+
+    def _record_getattr(self, obj: Any, name: Any) -> type[Record]:
+        """``getattr`` as pickles use it for methods (``models.yolo.Detect.forward``): only on a Record class,
+        and the answer is another inert Record class; a real getattr would reach any object's globals."""
+        if isinstance(obj, type) and issubclass(obj, Record) and isinstance(name, str) and name.isidentifier():
+            return self._record_class(f"{obj.qualname}.{name}")
+        raise RefusedGlobal("builtins", f"getattr({type(obj).__name__}, {name!r})")
 
 
 def _pickle_module() -> types.ModuleType:
