@@ -176,13 +176,15 @@ def yolov5_checkpoint(path: str | Path) -> dict[str, Any]:
     The file is read by :func:`effteacher.models.yolov5_import.import_yolov5`, which imports and runs
     nothing from it; CheckpointError (naming the file) when it is not a YOLOv5 model we can map.
     """
+    from rich.markup import escape
+
     from effteacher.models.yolov5_import import import_yolov5
     from effteacher.utils.console import info
 
     path = Path(path)
     imp = import_yolov5(path)
     m = imp.model
-    info(f"{path}: YOLOv5 release {imp.release} checkpoint read without running its code: model "
+    info(f"{escape(str(path))}: YOLOv5 release {imp.release} checkpoint read without running its code: model "
          f"{m.variant}, nc={m.nc}, '{imp.source_key}' weights ({imp.dtype.removeprefix('torch.')})")
     source = {"format": "yolov5", "file": str(path), "release": imp.release, "weights": imp.source_key,
               "dtype": imp.dtype}

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.markup import escape
 from torch import nn
 
 from effteacher.engine.checkpoint import FORMAT, load_checkpoint, model_from_checkpoint, save_checkpoint, yolov5_checkpoint
@@ -82,7 +83,7 @@ def init_from_weights(model: nn.Module, path: str | Path, names: list[str]) -> i
             raise CheckpointError(f"{path}: a torchvision ResNet state_dict (an ImageNet backbone); it initialises "
                                   f"--model retina-r18 or retina-r50, not '{variant}'")
         n = load_backbone_state(body, obj, str(path))
-        info(f"transferred {n}/{total} tensors from {path} (ImageNet {body.arch} backbone; FPN and heads start fresh)")
+        info(f"transferred {n}/{total} tensors from {escape(str(path))} (ImageNet {body.arch} backbone; FPN and heads start fresh)")
         return n
     meta = obj["model"]
     src_variant = meta.get("variant")
@@ -92,7 +93,7 @@ def init_from_weights(model: nn.Module, path: str | Path, names: list[str]) -> i
                               f"pass --model {src_variant}")
     model.load_state_dict(t.state, strict=False)
     note = f" (weights of a '{src_variant}' model into '{variant}')" if src_variant != variant else ""
-    info(f"{t.summary()} from {path}{note}")
+    info(f"{t.summary()} from {escape(str(path))}{note}")
     return t.n
 
 
@@ -122,6 +123,6 @@ def convert(weights: str | Path, output: str | Path | None = None) -> Path:
     if not all(torch.equal(u, v) for u, v in zip(a, b)):
         raise CheckpointError(f"{out}: the written checkpoint does not reproduce the converted model; not usable")
     m = ckpt["model"]
-    info(f"Converted {src} -> {out} (model {m['variant']}, nc={m['nc']}, imgsz {m['imgsz']}); "
-         f"use it with --weights {out}")
+    info(escape(f"Converted {src} -> {out} (model {m['variant']}, nc={m['nc']}, imgsz {m['imgsz']}); "
+                f"use it with --weights {out}"))
     return out

@@ -22,7 +22,6 @@ first through ``pickle.load`` and run the second.
 from __future__ import annotations
 
 import _compat_pickle
-import codecs
 import pickle
 import types
 import zipfile
@@ -37,6 +36,7 @@ RECORD_MODULES = (
     "models", "utils", "yolov5.models", "yolov5.utils",  # YOLOv5 (repo layout and the `yolov5` pip package)
     "torch.nn.modules", "numpy", "pathlib", "argparse",
 )
+_LATIN1 = {"latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1"}  # compared as is: no codec lookup (it imports)
 _BUILTINS = {"set": set, "frozenset": frozenset, "slice": slice, "complex": complex}
 
 
@@ -129,7 +129,7 @@ def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: An
 
 def _latin1_encode(text: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
     """``_codecs.encode`` as protocol-2 pickles use it for bytes objects: latin-1 only."""
-    if not isinstance(text, str) or codecs.lookup(encoding).name != "iso8859-1":
+    if not isinstance(text, str) or str(encoding).lower().replace("_", "-") not in _LATIN1:
         raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} refused (only latin-1 bytes)")
     return text.encode("latin-1")
 
