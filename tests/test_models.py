@@ -160,3 +160,16 @@ def test_kmeans_and_check_anchors() -> None:
     # labels that match the anchors exactly: nothing changes
     m2 = build_model("n", 1)
     assert check_anchors(m2, m2.anchors.view(-1, 2).numpy().repeat(5, 0), 640) is False
+
+
+def test_focus_stem_equals_6x6_conv() -> None:
+    # YOLOv5 release v5.0 Focus: space-to-depth then a 3x3 conv; imported as one 6x6 stride-2 padding-2 conv
+    from effteacher.models.yolov5_import import focus_to_conv6
+
+    torch.manual_seed(0)
+    w3 = torch.randn(8, 12, 3, 3)
+    x = torch.randn(2, 3, 32, 64)
+    s2d = torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1)
+    ref = torch.nn.functional.conv2d(s2d, w3, padding=1)
+    out = torch.nn.functional.conv2d(x, focus_to_conv6(w3), stride=2, padding=2)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

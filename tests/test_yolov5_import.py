@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from copy import deepcopy
 from datetime import datetime
@@ -32,7 +33,18 @@ TINY = ["--imgsz", "96", "--batch", "4", "--workers", "0"]
 
 @pytest.fixture(scope="module")
 def yv5() -> Any:
-    return pytest.importorskip("yolov5.models.yolo", reason="test-only package `yolov5` (make install) not installed")
+    # Importing yolov5 (and the ultralytics it pulls in) patches torch.save, sets OpenCV's thread count and
+    # OMP_NUM_THREADS in os.environ, and appends its folder to sys.path (top-level `models`, `utils`): undo
+    # that so the rest of the session runs as without the package.
+    save, threads, env, path = torch.save, cv2.getNumThreads(), dict(os.environ), list(sys.path)
+    try:
+        return pytest.importorskip("yolov5.models.yolo", reason="test-only package `yolov5` (make install) not installed")
+    finally:
+        torch.save = save
+        cv2.setNumThreads(threads)
+        os.environ.clear()
+        os.environ.update(env)
+        sys.path[:] = path
 
 
 @contextlib.contextmanager

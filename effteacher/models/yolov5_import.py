@@ -160,37 +160,42 @@ def _check_spp(rec: Record | None) -> str | None:
     return None if ok else f"model.8: SPP kernels {ks}, expected (5, 9, 13)"
 
 
+def _check_focus_conv(rec: Record | None) -> str | None:
+    """Release v5.0's Focus conv must be 3x3, stride 1, padding 1, ungrouped (the 6x6 conv equivalence needs it)."""
+    ok = rec is not None and rec.get("groups", 1) == 1 and all(
+        _pair(rec.get(a)) == v for a, v in (("kernel_size", (3, 3)), ("stride", (1, 1)), ("padding", (1, 1))))
+    return None if ok else "model.0: Focus conv is not 3x3 stride 1 padding 1"
+
+
+def _pickled_path(name: str, layout: str) -> str | None:
+    """Path in the pickled ``model.model`` of our module ``name``; None for modules without a counterpart."""
+    if name.startswith("head."):
+        return f"{DETECT}.m.{name[len('head.'):]}"
+    if not name.startswith("body.layers."):
+        return None
+    rest = name[len("body.layers."):]
+    if layout == "v5" and (rest == "0" or rest.startswith("0.")):
+        return "0.conv" + rest[1:]  # Focus wraps the Conv that is our layer 0
+    return rest
+
+
+_CHECKED = (nn.Conv2d, nn.BatchNorm2d, nn.SiLU, nn.MaxPool2d, nn.Upsample, Bottleneck)
+
+
 def _check_structure(model: Detector, layers: Record, layout: str) -> None:
     """Raise ValueError when a pickled layer differs from ours in anything the state_dict does not show."""
     for name, mod in model.named_modules():
-        if name.startswith("body.layers."):
-            rest = name[len("body.layers."):]
-            i, _, sub = rest.partition(".")
-            if layout == "v5" and i == "0":  # Focus: its .conv is our layer 0 (conv is 3x3 s1 p1 on 4x channels)
-                if isinstance(mod, nn.Conv2d):
-                    rec = _child(layers, "0.conv.conv")
-                    bad = None if rec is not None and _pair(rec.get("kernel_size")) == (3, 3) and _pair(
-                        rec.get("stride")) == (1, 1) and _pair(rec.get("padding")) == (1, 1) and rec.get("groups", 1) == 1 \
-                        else "model.0: Focus conv is not 3x3 stride 1 padding 1"
-                    if bad:
-                        raise ValueError(bad)
-                    continue
-                path = "0.conv" + (f".{sub}" if sub else "")
-            elif layout == "v5" and i == "8" and sub == "m":
-                bad = _check_spp(_child(layers, "8"))
-                if bad:
-                    raise ValueError(bad)
-                continue
-            else:
-                path = rest
-        elif name.startswith("head."):
-            path = f"{DETECT}.m.{name[len('head.'):]}"
-        else:
+        path = _pickled_path(name, layout)
+        if path is None or not isinstance(mod, _CHECKED):
             continue
-        if isinstance(mod, (nn.Conv2d, nn.BatchNorm2d, nn.SiLU, nn.MaxPool2d, nn.Upsample, Bottleneck)):
+        if layout == "v5" and path == "0.conv.conv":
+            bad = _check_focus_conv(_child(layers, path))  # our 6x6 stride-2 conv replaces it
+        elif layout == "v5" and path == "8.m":
+            bad = _check_spp(_child(layers, "8"))  # our one SPPF pool replaces SPP's three
+        else:
             bad = _check_module(mod, _child(layers, path), f"model.{path}")
-            if bad:
-                raise ValueError(bad)
+        if bad:
+            raise ValueError(bad)
 
 
 def _layout(types: list[str], detect: Record) -> str:
