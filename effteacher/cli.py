@@ -79,13 +79,13 @@ def train(
     ctx: typer.Context,
     data: Optional[str] = typer.Option(None, help="Dataset YAML, or 'sample' (default) for the bundled sample dataset."),
     labeled: Optional[str] = typer.Option(None, help="Labeled part of train: '10%' (default), '0.1', a count '200', or a file listing the labeled images."),
-    model: Optional[str] = typer.Option(None, help="n (default), s, m, l, x, retina-r18 or retina-r50."),
+    model: Optional[str] = typer.Option(None, help="n (default; with --weights: the weights' model), s, m, l, x, retina-r18 or retina-r50."),
     epochs: Optional[int] = typer.Option(None, help="Total epochs, burn-in included (default: auto, sized from the data)."),
     burn_in: Optional[str] = typer.Option(None, "--burn-in", help="Burn-in before SSOD: 'auto' (default: until validation plateaus) or epochs over L."),
     imgsz: Optional[int] = typer.Option(None, help="Train/val image size in pixels (640; 256 for the sample data)."),
     batch: Optional[int] = typer.Option(None, help="Total labeled batch size (16)."),
     device: Optional[str] = typer.Option(None, help="cpu (default), 0, or 0,1,... (several GPUs run DDP)."),
-    weights: Optional[str] = typer.Option(None, help="Initial weights (an effteacher .pt)."),
+    weights: Optional[str] = typer.Option(None, help="Initial weights: an effteacher .pt, an official YOLOv5 .pt (v4.0-v7.0) or a torchvision ResNet state_dict (retina)."),
     resume: Optional[str] = typer.Option(None, help="Resume a run: its folder or last.pt ('last' = newest run)."),
     supervised: Optional[bool] = typer.Option(None, "--supervised", help="Supervised baseline on the labeled split only."),
     seed: Optional[int] = typer.Option(None, help="Seed of the split and of training (0)."),
@@ -113,6 +113,10 @@ def train(
             name=name, exist_ok=exist_ok, workers=workers, amp=amp, patience=patience, verbose=verbose,
         )
         changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+        if weights is not None and model is None:
+            from effteacher.engine.pretrained import weights_variant
+
+            changes["model"] = weights_variant(weights) or base.model
         if burn_in is not None:
             changes["burn_in"] = _burn_in(burn_in)
         if resume is not None and epochs is None:
@@ -127,7 +131,7 @@ def train(
 @app.command()
 def val(
     ctx: typer.Context,
-    weights: str = typer.Option(..., help="Weights: .pt, .onnx, .torchscript or .engine."),
+    weights: str = typer.Option(..., help="Weights: .pt (effteacher or official YOLOv5), .onnx, .torchscript or .engine."),
     data: str = typer.Option("sample", help="Dataset YAML or 'sample'."),
     imgsz: Optional[int] = typer.Option(None, help="Image size (default: from the weights)."),
     batch: int = typer.Option(16, help="Batch size."),
@@ -156,7 +160,7 @@ def val(
 def predict(
     ctx: typer.Context,
     source: str = typer.Argument(..., help="Image file, folder, glob or .txt list."),
-    weights: str = typer.Option(..., help="Weights: .pt, .onnx, .torchscript or .engine."),
+    weights: str = typer.Option(..., help="Weights: .pt (effteacher or official YOLOv5), .onnx, .torchscript or .engine."),
     conf: float = typer.Option(0.25),
     iou: float = typer.Option(0.45),
     max_det: int = typer.Option(300, "--max-det"),
@@ -242,7 +246,7 @@ def rank(
 @app.command()
 def export(
     ctx: typer.Context,
-    weights: str = typer.Option(..., help="An effteacher .pt checkpoint."),
+    weights: str = typer.Option(..., help="An effteacher .pt checkpoint or an official YOLOv5 .pt."),
     format: str = typer.Option("onnx", help="onnx|torchscript|engine"),
     imgsz: Optional[int] = typer.Option(None, help="Export image size (default: from the weights)."),
     batch: int = typer.Option(1),
@@ -262,6 +266,22 @@ def export(
         o = _checked(imgsz=imgsz, batch=batch, opset=opset, max_det=max_det)
         return run_export(weights=weights, format=format, imgsz=o["imgsz"], batch=batch, dynamic=dynamic, half=half,
                           opset=opset, nms=nms, max_det=max_det, simplify=simplify, device=device)
+
+    _call(ctx, run)
+
+
+@app.command()
+def convert(
+    ctx: typer.Context,
+    weights: str = typer.Argument(..., help="An official YOLOv5 .pt: release v4.0-v7.0, P5 n/s/m/l/x (yolov5s.pt ...)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output .pt (default: <name>-effteacher.pt beside it)."),
+) -> None:
+    """Convert an official YOLOv5 checkpoint to an effteacher one, reading it without running its code."""
+
+    def run() -> Any:
+        from effteacher.engine.pretrained import convert as convert_fn
+
+        return convert_fn(weights, output)
 
     _call(ctx, run)
 

@@ -20,7 +20,7 @@ def n_params(m: torch.nn.Module) -> int:
 
 
 def test_variant_table() -> None:
-    assert set(VARIANTS) == {"n", "s", "m", "l", "x", "retina-r18", "retina-r50"}
+    assert set(VARIANTS) == {"n", "s", "m", "l", "x", "s-v5.0", "m-v5.0", "l-v5.0", "x-v5.0", "retina-r18", "retina-r50"}
     with pytest.raises(ConfigError, match="unknown model"):
         build_model("q", 3)
 
@@ -29,6 +29,14 @@ def test_variant_table() -> None:
 def test_param_counts_match_yolov5(name: str, ref: int) -> None:
     # YOLOv5 v6 summaries at nc=80: n 1,872,157 and s 7,235,389 parameters.
     assert abs(n_params(build_model(name, 80)) - ref) / ref < 0.05
+
+
+def test_release_v5_layout_param_count() -> None:
+    # YOLOv5 release v5.0 summary of yolov5s at nc=80: 7,276,605 parameters (Focus stem = our 6x6 conv,
+    # SPP(5, 9, 13) = our SPPF(5): same parameters). Exact, as the weights are imported one to one.
+    m = build_model("s-v5.0", 80)
+    assert n_params(m) == 7_276_605
+    assert type(m.body.layers[8]).__name__ == "SPPF" and not m.body.layers[9].m[0].add
 
 
 def test_yolo_forward_format_and_features() -> None:
@@ -152,3 +160,16 @@ def test_kmeans_and_check_anchors() -> None:
     # labels that match the anchors exactly: nothing changes
     m2 = build_model("n", 1)
     assert check_anchors(m2, m2.anchors.view(-1, 2).numpy().repeat(5, 0), 640) is False
+
+
+def test_focus_stem_equals_6x6_conv() -> None:
+    # YOLOv5 release v5.0 Focus: space-to-depth then a 3x3 conv; imported as one 6x6 stride-2 padding-2 conv
+    from effteacher.models.yolov5_import import focus_to_conv6
+
+    torch.manual_seed(0)
+    w3 = torch.randn(8, 12, 3, 3)
+    x = torch.randn(2, 3, 32, 64)
+    s2d = torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1)
+    ref = torch.nn.functional.conv2d(s2d, w3, padding=1)
+    out = torch.nn.functional.conv2d(x, focus_to_conv6(w3), stride=2, padding=2)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

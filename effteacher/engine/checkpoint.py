@@ -192,9 +192,10 @@ def unreadable_message(path: Path, e: BaseException) -> str:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load an effteacher checkpoint with ``torch.load(weights_only=True)``.
 
-    Raises CheckpointError (one clear line naming the file and what to do) for a missing file,
-    a truncated/corrupt file, a file that is not an effteacher checkpoint (ultralytics pickles,
-    plain state_dicts, ...) and a checkpoint from a newer effteacher format.
+    An official YOLOv5 checkpoint (a pickled model) is converted in memory by :func:`yolov5_checkpoint`
+    without running code from it. Raises CheckpointError (one clear line naming the file and what to
+    do) for a missing file, a truncated/corrupt file, a file that is neither (ultralytics 8.x pickles,
+    plain state_dicts, pickles that would run code ...) and a checkpoint from a newer effteacher format.
     """
     path = Path(path)
     if not path.exists():
@@ -203,6 +204,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: is a folder; pass a .pt file such as {path}/weights/best.pt")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # Pickled Python objects in a torch.save archive: an official YOLOv5 file is read without running its
+        # code, anything else is refused with a line saying what it is (see models.yolov5_import).
+        with open(path, "rb") as f:
+            if _kind(f.read(8)) != "zip":
+                raise CheckpointError(unreadable_message(path, e)) from None
+        return yolov5_checkpoint(path)
     except Exception as e:  # noqa: BLE001 - torch.load raises many types (KeyError, EOFError, ...) for junk
         raise CheckpointError(unreadable_message(path, e)) from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
@@ -220,6 +228,27 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         if key not in obj:
             raise CheckpointError(f"{path}: effteacher checkpoint without {key!r}; the file is damaged, use another")
     return obj
+
+
+def yolov5_checkpoint(path: str | Path) -> dict[str, Any]:
+    """An official YOLOv5 .pt as an in-memory effteacher checkpoint (``which`` "model", ``source`` says from where).
+
+    The file is read by :func:`effteacher.models.yolov5_import.import_yolov5`, which imports and runs
+    nothing from it; CheckpointError (naming the file) when it is not a YOLOv5 model we can map.
+    """
+    from rich.markup import escape
+
+    from effteacher.models.yolov5_import import import_yolov5
+    from effteacher.utils.console import info
+
+    path = Path(path)
+    imp = import_yolov5(path)
+    m = imp.model
+    info(f"{escape(str(path))}: YOLOv5 release {imp.release} checkpoint read without running its code: model "
+         f"{m.variant}, nc={m.nc}, '{imp.source_key}' weights ({imp.dtype.removeprefix('torch.')})")
+    source = {"format": "yolov5", "file": str(path), "release": imp.release, "weights": imp.source_key,
+              "dtype": imp.dtype}
+    return make_checkpoint(m, imp.names, imp.imgsz, "model", max(imp.epoch or 0, 0), {}, {}, extra={"source": source})
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> nn.Module:

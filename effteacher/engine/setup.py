@@ -256,18 +256,11 @@ def load_train_data(cfg: TrainConfig, run_dir: Path, resuming: bool, ctx: DistCo
     return TrainData(spec.names, labeled, unlabeled + extra, val_scan.records, hidden_labels_known=known)
 
 
-def init_from_weights(model: torch.nn.Module, weights: str) -> int:
-    """Load matching tensors from an effteacher checkpoint (transfer learning); returns how many."""
-    from effteacher.engine.checkpoint import load_checkpoint
+def init_from_weights(model: torch.nn.Module, weights: str, names: list[str]) -> int:
+    """Transfer learning from ``--weights`` (see :func:`effteacher.engine.pretrained.init_from_weights`)."""
+    from effteacher.engine.pretrained import init_from_weights as init
 
-    ckpt = load_checkpoint(weights)
-    src = ckpt["state_dict"]
-    dst = model.state_dict()
-    keep = {k: v for k, v in src.items() if k in dst and v.shape == dst[k].shape}
-    if not keep:
-        raise CheckpointError(f"{weights}: no tensor matches the model '{getattr(model, 'variant', '?')}'")
-    model.load_state_dict(keep, strict=False)
-    return len(keep)
+    return init(model, weights, names)
 
 
 def labeled_box_sizes(records: list[ImageRecord], imgsz: int) -> np.ndarray:

@@ -28,7 +28,7 @@ class BuildMixin:
         cfg, nc = self.cfg, len(self.data.names)
         model = build_model(cfg.model, nc)
         if cfg.weights and self.resume_ckpt is None:
-            init_from_weights(model, cfg.weights)
+            init_from_weights(model, cfg.weights, self.data.names)
         if self.resume_ckpt is None:
             check_anchors(model, labeled_box_sizes(self.data.labeled, cfg.imgsz), cfg.imgsz)
         self.model = model.to(self.device)

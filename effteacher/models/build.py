@@ -31,6 +31,7 @@ class Variant:
     width: float = 1.0  # YOLO width multiple
     backbone: str = ""  # retina: torchvision resnet name
     fpn_channels: int = 256  # retina: FPN / head channels
+    layout: str = "v6"  # YOLO: "v6" (YOLOv5 release v6.0+) or "v5" (release v4.0-v5.0 backbone, see YOLOBody)
 
 
 VARIANTS: dict[str, Variant] = {
@@ -39,6 +40,11 @@ VARIANTS: dict[str, Variant] = {
     "m": Variant("yolo", depth=0.67, width=0.75),
     "l": Variant("yolo", depth=1.00, width=1.00),
     "x": Variant("yolo", depth=1.33, width=1.25),
+    # The YOLOv5 release v5.0 backbone, for weights imported from v4.0/v5.0 files (there was no n then).
+    "s-v5.0": Variant("yolo", depth=0.33, width=0.50, layout="v5"),
+    "m-v5.0": Variant("yolo", depth=0.67, width=0.75, layout="v5"),
+    "l-v5.0": Variant("yolo", depth=1.00, width=1.00, layout="v5"),
+    "x-v5.0": Variant("yolo", depth=1.33, width=1.25, layout="v5"),
     "retina-r18": Variant("retina", backbone="resnet18"),
     "retina-r50": Variant("retina", backbone="resnet50"),
 }
@@ -73,7 +79,7 @@ def build_model(name: str, nc: int, anchors: Any = None, backbone_weights: str |
     if v.family == "yolo":
         if backbone_weights is not None:
             raise ConfigError(f"backbone_weights is only for retina variants, not '{name}'")
-        body: nn.Module = YOLOBody(v.depth, v.width)
+        body: nn.Module = YOLOBody(v.depth, v.width, v.layout)
         chans = list(body.out_channels)
         head = nn.ModuleList(nn.Conv2d(c, na * no, 1) for c in chans)
     else:

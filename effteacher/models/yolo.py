@@ -20,28 +20,39 @@ def scale_width(c: int, gw: float, divisor: int = 8) -> int:
     return int(math.ceil(c * gw / divisor) * divisor)
 
 
+LAYOUTS = ("v6", "v5")
+
+
 class YOLOBody(nn.Module):
     """CSPDarknet + PAN as a flat list of 24 layers in YOLOv5's order (layer i = ultralytics model.i).
 
+    layout "v6": YOLOv5 release v6.0-v7.0 (6x6 stem conv, C3 x 3/6/9/3, SPPF last in the backbone);
+    "v5": the release v4.0-v5.0 backbone (C3 x 3/9/9, SPP before a shortcut-free C3), with its Focus
+    stem written as the equivalent 6x6 stride-2 conv and SPP(5, 9, 13) as the equivalent SPPF(5).
     forward: (B, 3, H, W) with H, W multiples of 32 -> [P3 (B, C3, H/8, W/8), P4 (H/16), P5 (H/32)].
     """
 
-    def __init__(self, depth: float, width: float) -> None:
+    def __init__(self, depth: float, width: float, layout: str = "v6") -> None:
         super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown YOLO layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
         d = lambda n: scale_depth(n, depth)  # noqa: E731
         w = lambda c: scale_width(c, width)  # noqa: E731
+        v5 = layout == "v5"
         # (from, module); "from" = -1 (previous layer) or a list of earlier layer indices.
         spec: list[tuple[int | list[int], nn.Module]] = [
             (-1, Conv(3, w(64), 6, 2, 2)),  # 0  P1/2
             (-1, Conv(w(64), w(128), 3, 2)),  # 1  P2/4
             (-1, C3(w(128), w(128), d(3))),  # 2
             (-1, Conv(w(128), w(256), 3, 2)),  # 3  P3/8
-            (-1, C3(w(256), w(256), d(6))),  # 4
+            (-1, C3(w(256), w(256), d(9 if v5 else 6))),  # 4
             (-1, Conv(w(256), w(512), 3, 2)),  # 5  P4/16
             (-1, C3(w(512), w(512), d(9))),  # 6
             (-1, Conv(w(512), w(1024), 3, 2)),  # 7  P5/32
-            (-1, C3(w(1024), w(1024), d(3))),  # 8
-            (-1, SPPF(w(1024), w(1024), 5)),  # 9
+            *(
+                [(-1, SPPF(w(1024), w(1024), 5)), (-1, C3(w(1024), w(1024), d(3), shortcut=False))]  # 8, 9 (v5)
+                if v5 else [(-1, C3(w(1024), w(1024), d(3))), (-1, SPPF(w(1024), w(1024), 5))]  # 8, 9
+            ),
             # PAN neck: top-down
             (-1, Conv(w(1024), w(512), 1, 1)),  # 10
             (-1, nn.Upsample(scale_factor=2.0, mode="nearest")),  # 11
