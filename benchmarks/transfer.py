@@ -12,10 +12,12 @@ stopped, finished arms are reused):
 - with ``--ssod``: ``ssod_pretrained`` / ``ssod_scratch``, burn-in ``--epochs`` epochs then ``--ssod-epochs``
   SSOD epochs over the 2,700 unlabeled images (each SSOD epoch costs about 10 supervised ones).
 
-Sizes (defaults): pre 20 epochs x 32 batches of 16, fine-tune 25 epochs x 19 batches of 16 per arm,
-validation on the 500 sample-large val images every 5 epochs. Measured on the shared 2-core CPU at
-OMP_NUM_THREADS=1 (about a third of a core free): ~1.1 s per batch, so about 30 minutes in all; the
-``--ssod`` arms add about 7 minutes per SSOD epoch each (169 batches of 16 labeled + 16 unlabeled).
+Sizes (defaults): pre 10 epochs x 32 batches of 16, fine-tune 15 epochs x 19 batches of 16 per arm,
+validation on the 500 sample-large val images every 5 epochs: 890 batches, about 20 minutes at
+OMP_NUM_THREADS=1 when a core is free (~1.1 s per batch measured with a third of a core free; the shared
+2-core CPU was often far busier, see RESULTS.md for the wall times). The ``--ssod`` arms add about
+7 minutes per SSOD epoch each (169 batches of 16 labeled + 16 unlabeled). ``--record-only`` records
+what the finished (or partly finished) arms hold without training.
 
     OMP_NUM_THREADS=1 python -m benchmarks.transfer --project runs/transfer
 """
@@ -23,6 +25,7 @@ OMP_NUM_THREADS=1 (about a third of a core free): ~1.1 s per batch, so about 30 
 from __future__ import annotations
 
 import argparse
+import csv
 from pathlib import Path
 
 from benchmarks.branch import rows, run_arm, wall_s
@@ -36,35 +39,50 @@ def fitness(r: dict[str, float]) -> float:
     return 0.1 * r["metrics/mAP50"] + 0.9 * r[MAP]
 
 
+def _rows(run: Path) -> list[dict[str, float]]:
+    return rows(run) if (run / "results.csv").is_file() else []
+
+
 def best_map(run: Path) -> float:
-    rs = rows(run)
+    rs = _rows(run)
     return max(rs, key=fitness)[MAP] if rs else float("nan")
 
 
+def _epochs(run: Path) -> list[dict[str, str]]:
+    """Every logged epoch of a run (validated or not)."""
+    f = run / "results.csv"
+    return list(csv.DictReader(f.open())) if f.is_file() else []
+
+
 def curve(run: Path) -> str:
-    """'epoch:mAP50-95' at every validation."""
-    return " ".join(f"{int(r['epoch'])}:{r[MAP]:.3f}" for r in rows(run))
+    """'epoch:mAP50-95' at every validation, '(unfinished)' when the arm did not complete."""
+    text = " ".join(f"{int(r['epoch'])}:{r[MAP]:.4f}" for r in _rows(run)) or "not validated"
+    return text if (run / "done.json").is_file() else f"{text} (unfinished)"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--project", type=Path, default=Path("runs/transfer"))
-    ap.add_argument("--pre-epochs", type=int, default=20)
-    ap.add_argument("--epochs", type=int, default=25)
+    ap.add_argument("--pre-epochs", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--val-every", type=int, default=5)
     ap.add_argument("--ssod", action="store_true", help="also the SSOD arms (pretrained and scratch)")
     ap.add_argument("--ssod-epochs", type=int, default=2)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--record-only", action="store_true", help="record the arms as they are, train nothing")
+    ap.add_argument("--note", default="", help="a line added to the recorded details")
     a = ap.parse_args()
 
     from effteacher.config import defaults_for, replace
 
     project = a.project.resolve()
+    run = (lambda p, name, *_, **__: p / name) if a.record_only else run_arm
     pre_cfg = replace(defaults_for("sample"), data="sample", imgsz=IMGSZ, workers=a.workers, burn_in="auto",
                       val_every=a.pre_epochs)
-    pre = run_arm(project, "pre", pre_cfg, labeled="100%", supervised=True, epochs=a.pre_epochs, seed=a.seed)
-    weights = str(pre / "weights/best.pt")
+    pre = run(project, "pre", pre_cfg, labeled="100%", supervised=True, epochs=a.pre_epochs, seed=a.seed)
+    # best.pt exists once pre validated (its last epoch); last.pt holds the same EMA weights otherwise
+    weights = str(pre / "weights/best.pt") if (pre / "weights/best.pt").is_file() else str(pre / "weights/last.pt")
     ft_cfg = replace(defaults_for("sample-large"), data="sample-large", imgsz=IMGSZ, workers=a.workers,
                      val_every=a.val_every)
     arms = {
@@ -75,25 +93,28 @@ def main() -> None:
         ssod = dict(supervised=False, epochs=a.epochs + a.ssod_epochs, burn_in=a.epochs)
         arms["ssod_pretrained"] = dict(ssod, weights=weights)
         arms["ssod_scratch"] = dict(ssod)
-    runs = {name: run_arm(project, name, ft_cfg, labeled="10%", seed=a.seed, model="n", **kw) for name, kw in arms.items()}
+    runs = {name: run(project, name, ft_cfg, labeled="10%", seed=a.seed, model="n", **kw) for name, kw in arms.items()}
 
     res = {k: best_map(v) for k, v in runs.items()}
-    gain = res["ft_pretrained"] / res["ft_scratch"] if res["ft_scratch"] > 0 else float("nan")
+    s = res["ft_scratch"]
+    gain = f"{res['ft_pretrained'] / s:.2f}x" if s >= 0.01 else "from scratch has not started to learn by then"
+    pre_epochs = len(_epochs(pre)) or a.pre_epochs
     line = (f"transfer: sample-large 10% labels, n@{IMGSZ}, {a.epochs} supervised epochs: from weights pretrained "
-            f"on sample ({a.pre_epochs} epochs, mAP50-95 {best_map(pre):.3f}) best mAP50-95 {res['ft_pretrained']:.3f} "
-            f"vs from scratch {res['ft_scratch']:.3f} ({gain:.2f}x)")
+            f"on sample ({pre_epochs} epochs) best mAP50-95 {res['ft_pretrained']:.4f} "
+            f"vs from scratch {s:.4f} ({gain})")
     if a.ssod:
-        line += (f"; SSOD (+{a.ssod_epochs} epochs): pretrained {res['ssod_pretrained']:.3f} vs scratch "
-                 f"{res['ssod_scratch']:.3f}")
+        line += (f"; SSOD (+{a.ssod_epochs} epochs): pretrained {res['ssod_pretrained']:.4f} vs scratch "
+                 f"{res['ssod_scratch']:.4f}")
     walls = ", ".join(f"{k} {wall_s(v) / 60:.1f} min" for k, v in {"pre": pre, **runs}.items())
     details = "\n".join([
         f"- wall time (OMP_NUM_THREADS=1, 2-core CPU shared with other jobs): {walls}",
-        f"- pre (sample 100%, {a.pre_epochs} epochs): {curve(pre)}",
+        f"- pre (sample 100%, {pre_epochs} epochs, {len(_epochs(pre)) * 32} batches): {curve(pre)}",
         *[f"- {k} (epoch:mAP50-95): {curve(v)}" for k, v in runs.items()],
-        "- same seed and split in every fine-tune arm; pretrained arms start from pre's best.pt "
-        "(classes 3 5 6 8 kept by name, 0-9 minus those dropped)",
+        f"- same seed and split in every fine-tune arm; pretrained arms start from {Path(weights).relative_to(project)} "
+        "(backbone, neck, box/objectness outputs, and the outputs of classes 3 5 6 8 kept by name)",
         f"- `python -m benchmarks.transfer --project runs/transfer --pre-epochs {a.pre_epochs} --epochs {a.epochs}"
         f"{' --ssod --ssod-epochs ' + str(a.ssod_epochs) if a.ssod else ''}`",
+        *([f"- {a.note}"] if a.note else []),
     ])
     record("transfer", line, details)
 
