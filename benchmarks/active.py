@@ -76,7 +76,23 @@ def arms(project: Path, data: str, epochs: int, val_every: int, workers: int, im
         run_arm(project, f"random10_s{seed}", base, labeled=str(lst))
 
 
-def summarise(project: Path, data: str, epochs: int, imgsz: int, cpu_s: float | None = None) -> None:
+def picked_boxes(project: Path, name: str) -> tuple[int, int] | None:
+    """(ground-truth boxes, background images) among the images an arm added to the 5% (reporting only)."""
+    from effteacher.data.spec import img2label_path
+
+    lst, base = project / "lists" / f"{name}.txt", project / "base5" / "split" / "labeled.txt"
+    if not lst.is_file() or not base.is_file():
+        return None
+    old = set(base.read_text().splitlines())
+    boxes = bg = 0
+    for p in (p for p in lst.read_text().splitlines() if p not in old):
+        lbl = img2label_path(p)
+        n = sum(1 for line in lbl.read_text().splitlines() if line.strip()) if lbl.is_file() else 0
+        boxes, bg = boxes + n, bg + (n == 0)
+    return boxes, bg
+
+
+def summarise(project: Path, data: str, epochs: int, imgsz: int, cpu_s: float | None = None, note: str = "") -> None:
     """Record the finished arms in RESULTS.md (pending ones are named; the verdict needs ranked10 and 2+ random)."""
     names = ["base5", "ranked10", *(f"random10_s{s}" for s in SEEDS)]
     done = {n: project / n for n in names if (project / n / "done.json").is_file()}
@@ -105,12 +121,16 @@ def summarise(project: Path, data: str, epochs: int, imgsz: int, cpu_s: float | 
         *(f"- {n}: best mAP50-95 {r[MAP]:.4f} / mAP50 {r['metrics/mAP50']:.4f} at epoch {int(r['epoch'])}, "
           f"{wall_s(done[n]) / 60:.1f} min wall" for n, r in res.items()),
         *(f"- {n}: not finished when recorded" for n in pending),
+        "- images added to the 5% (ground-truth boxes / backgrounds): " + ", ".join(
+            f"{n} {b[0]} / {b[1]}" for n in names[1:] if (b := picked_boxes(project, n)) is not None),
         f"- rank of base5 over the {n_unl} other train images: "
         f"{wall.read_text().strip() if wall.is_file() else '?'} s wall; picks and scores in {project / 'rank/rank.csv'}",
         *([f"- CPU time of the recording invocation: {cpu_s / 60:.1f} min (wall times above are inflated by the "
            "shared, oversubscribed CPU)"] if cpu_s is not None else []),
-        f"- the 2-core CPU is shared with other jobs (load average {os.getloadavg()[0]:.1f} when recorded)",
+        *([f"- the 2-core CPU is shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end)"]
+          if cpu_s is not None else []),
         "- SSOD arms not run: a 10% SSOD run alone takes longer than this whole budget on this CPU",
+        *([f"- {note}"] if note else []),
         f"- runs in {project}; command: OMP_NUM_THREADS=1 python -m benchmarks.active --data {data} --epochs {epochs} "
         f"--imgsz {imgsz} --project {project.parent} (--record: record the finished arms, train nothing)",
     ]
@@ -126,13 +146,14 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--project", type=Path, default=Path("runs/bench/active"))
     ap.add_argument("--record", action="store_true", help="record the finished arms in RESULTS.md; train nothing")
+    ap.add_argument("--note", default="", help="one more line for the record")
     a = ap.parse_args()
     project = a.project / a.data
     if a.record:
-        summarise(project, a.data, a.epochs, a.imgsz)
+        summarise(project, a.data, a.epochs, a.imgsz, note=a.note)
         return
     arms(project, a.data, a.epochs, a.val_every, a.workers, a.imgsz)
-    summarise(project, a.data, a.epochs, a.imgsz, cpu_s=time.process_time())
+    summarise(project, a.data, a.epochs, a.imgsz, cpu_s=time.process_time(), note=a.note)
 
 
 if __name__ == "__main__":
