@@ -23,7 +23,8 @@ from typer.testing import CliRunner
 from effteacher.cli import app
 from effteacher.config import TrainConfig, defaults_for, replace
 from effteacher.data.sample import SampleConfig, generate
-from effteacher.engine.logger import TrainProgress, epoch_summary, progress_layout, results_row
+from effteacher.engine.logger import TrainProgress, progress_layout
+from effteacher.engine.results_csv import epoch_summary, results_row
 from effteacher.engine.setup import discard_if_failed
 from effteacher.engine.validate import TRAIN_RANGES, _fields, check_train_config, train_config_problems
 from effteacher.utils.files import umask

@@ -39,7 +39,7 @@ def pseudo_quality(dets: list[torch.Tensor], hidden: torch.Tensor, hw: Any, tau2
     """Counts of reliable pseudo boxes vs the hidden labels (reporting only): ``pseudo_tp`` matched boxes,
     ``pseudo_pred`` reliable boxes, ``pseudo_gt`` hidden boxes, ``pseudo_tp_agnostic`` matched ignoring the class.
 
-    Summed (or averaged) over an epoch, their ratios are its precision and recall (``logger.results_row``);
+    Summed (or averaged) over an epoch, their ratios are its precision and recall (``results_csv.results_row``);
     with no reliable box the precision is not measured rather than 0.
     """
     from effteacher.ssod.metrics import pseudo_precision_recall

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from effteacher.config import TrainConfig, replace, save_yaml
-from effteacher.engine.logger import RESULTS_COLUMNS as CSV_COLUMNS
+from effteacher.engine.results_csv import RESULTS_COLUMNS as CSV_COLUMNS
 from effteacher.engine.setup import (
     ddp_child_argv,
     discard_if_failed,
@@ -90,7 +90,7 @@ class Trainer(BuildMixin, StateMixin):
     # ------------------------------------------------------------------------------ the loop
     def fit(self) -> Path:
         from effteacher.engine import dist
-        from effteacher.engine.logger import CSVLogger
+        from effteacher.engine.results_csv import CSVLogger
         from effteacher.utils.console import info
 
         self.setup()
@@ -237,7 +237,8 @@ class Trainer(BuildMixin, StateMixin):
 
     def _end_epoch(self, epoch: int, means: dict[str, float], seconds: float, csv: Any, ssod_epoch: bool) -> bool:
         """Validate the EMA/teacher, decide an auto burn-in, log, save last.pt and best.pt; True stops the run."""
-        from effteacher.engine.logger import epoch_summary, print_threshold_table, results_row
+        from effteacher.engine.logger import print_threshold_table
+        from effteacher.engine.results_csv import epoch_summary, results_row
         from effteacher.engine.schedule import burn_in_done, val_every_auto
         from effteacher.utils.console import info
 
