@@ -22,7 +22,6 @@ from typer.testing import CliRunner
 
 from effteacher.cli import app
 from effteacher.config import TrainConfig, defaults_for, replace
-from effteacher.data.sample import SampleConfig, generate
 from effteacher.engine.logger import TrainProgress, progress_layout
 from effteacher.engine.results_csv import epoch_summary, results_row
 from effteacher.engine.setup import discard_if_failed
@@ -45,13 +44,6 @@ def _img(path: Path, h: int = 48, w: int = 64, seed: int = 0) -> Path:
 
 def _snapshot(run: Path) -> dict[str, tuple[bytes, int]]:
     return {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(run.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny")
-    return generate(root / "ds", SampleConfig(n_train=24, n_val=6, imgsz=96, min_digit=16, max_digit=40, max_digits=3),
-                    progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 import torch.multiprocessing as mp
 
 from effteacher.config import TrainConfig, replace, to_dict
-from effteacher.data.sample import SampleConfig, generate
 from effteacher.engine import dist as D
 from effteacher.engine import setup as S
 from effteacher.errors import CheckpointError, DatasetError, DeviceError
@@ -24,12 +22,6 @@ from effteacher.ssod.thresholds import EpochAdaptorThresholds
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--imgsz", "96", "--batch", "4", "--workers", "0"]
 
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny")
-    return generate(root / "ds", SampleConfig(n_train=24, n_val=6, imgsz=96, min_digit=16, max_digit=40, max_digits=3),
-                    progress=False)
 
 
 def _rows(run: Path) -> list[dict[str, str]]:

@@ -15,16 +15,9 @@ import torch
 from typer.testing import CliRunner
 
 from effteacher.cli import app
-from effteacher.data.sample import SampleConfig, generate
 
 TINY = ["--imgsz", "96", "--batch", "4", "--workers", "0"]
 
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny")
-    return generate(root / "ds", SampleConfig(n_train=24, n_val=6, imgsz=96, min_digit=16, max_digit=40, max_digits=3),
-                     progress=False)
 
 
 def _train(args: list[str]) -> object:
