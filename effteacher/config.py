@@ -95,6 +95,10 @@ class SSODConfig:
     score: Literal["joint", "obj"] = "joint"
     cls_thres: float = 0.0  # a reliable box trains the class head only where the teacher's class probability >= this
     agnostic_nms: bool = False  # class-agnostic teacher NMS (one box per object instead of one per class)
+    # Dense soft pseudo labels (Dense Teacher style): > 0 = the student's unlabeled objectness and class are
+    # trained on the teacher's dense maps warped to the strong view, this fraction of cells (top by teacher
+    # objectness) as soft positives, the rest background; the box loss stays on reliable pseudo boxes. 0 = off.
+    dense_topk: float = 0.0
     tau1: float = 0.1  # low threshold (fixed strategy, and the start value of the others)
     tau2: float = 0.6  # high threshold
     nms_iou: float = 0.65
@@ -169,8 +173,8 @@ def sample_profile() -> dict[str, Any]:
 
 
 def sample_large_profile() -> dict[str, Any]:
-    """Defaults for the generated ``sample-large`` set: its native 160 px, no flips (digits); schedules auto."""
-    return {"imgsz": 160, "batch": 16, "aug.fliplr": 0.0, "aug.weak_fliplr": 0.0, "aug.strong_fliplr": 0.0}
+    """Defaults for the generated ``sample-large`` set: its native 128 px, no flips (digits); schedules auto."""
+    return {"imgsz": 128, "batch": 16, "aug.fliplr": 0.0, "aug.weak_fliplr": 0.0, "aug.strong_fliplr": 0.0}
 
 
 def defaults_for(data: str | None) -> "TrainConfig":

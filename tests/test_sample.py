@@ -74,3 +74,29 @@ def test_default_sample_via_load_spec_yaml_and_cli(tmp_path, monkeypatch):
     r = CliRunner().invoke(app, ["check", "--data", "sample"])
     assert r.exit_code == 0, r.output
     assert "train: 500 images" in r.output.replace("\n", " ") and "0 problems" in r.output
+
+
+def test_sample_large_profile_tiny(tmp_path):
+    """sample-large's generator options at a tiny size: its 5 classes only, small digits, valid boxes, and val
+    handwriting drawn from the part of the digit bank train never uses."""
+    from dataclasses import replace
+
+    from effteacher.data.sample import BUILTIN
+
+    cfg = replace(BUILTIN["sample-large"], n_train=24, n_val=8)
+    y = ensure_sample(tmp_path / "large", cfg)
+    spec = load_spec(y)
+    assert spec.names == ["3", "5", "6", "8", "9"]
+    res = scan_labeled(spec.train + spec.val, spec.names, progress=False)
+    assert res.messages == [] and len(res.records) == 32 and all(r.shape == (128, 128) for r in res.records)
+    boxes = np.concatenate([r.boxes for r in res.records])
+    assert len(boxes) >= 32 and np.all(boxes[:, 3] * 128 <= 0.45 * 128 + 4)
+    assert np.median(boxes[:, 3] * 128) < 24  # small digits (9-32 px, log-uniform, before rotation)
+    from effteacher.data.sample import _sklearn_digits, split_bank
+
+    bank = _sklearn_digits()
+    parts = split_bank(bank, True)
+    tr, va = parts["train"][0].reshape(len(parts["train"][0]), -1), parts["val"][0].reshape(len(parts["val"][0]), -1)
+    assert len(tr) + len(va) == len(bank[0]) and not (tr[:, None, :] == va[None, :, :]).all(2).any()
+    assert all(set(p[1].tolist()) == set(range(10)) for p in parts.values())  # every digit on both sides
+    assert split_bank(bank, False)["val"] is bank

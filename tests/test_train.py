@@ -158,7 +158,7 @@ def test_hidden_labels_never_reach_training(tiny_data, tmp_path, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("extra", [{"thresholds": "adaptor", "soft_cls": True, "domain_adapt": True},
+@pytest.mark.parametrize("extra", [{"thresholds": "adaptor", "soft_cls": True, "domain_adapt": True, "dense_topk": 0.05},
                                    {"thresholds": "gmm", "flip_teacher": True, "domain_adapt": False, "density_norm": False,
                                         "score": "obj", "cls_thres": 0.5, "agnostic_nms": True}])
 def test_ssod_threshold_strategies_run(tiny_data, tmp_path, extra):

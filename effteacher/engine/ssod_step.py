@@ -12,20 +12,27 @@ from effteacher.config import SSODConfig
 
 
 @torch.no_grad()
-def teacher_predict(teacher: nn.Module, x_w: torch.Tensor, s: SSODConfig, floor: float, amp: bool) -> list[torch.Tensor]:
+def teacher_predict(teacher: nn.Module, x_w: torch.Tensor, s: SSODConfig, floor: float,
+                    amp: bool) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
     """Teacher detections on the weak view: per image (n, 7) ``x1 y1 x2 y2 score cls obj`` (+ nc probabilities
-    with ``soft_cls``), NMS class-aware or class-agnostic (``s.agnostic_nms``), scores above ``floor``."""
+    with ``soft_cls``), NMS class-aware or class-agnostic (``s.agnostic_nms``), scores above ``floor``; and,
+    with ``s.dense_topk``, the teacher's raw per-level logits (without the flip ensemble) for dense targets."""
     from effteacher.engine.postprocess import non_max_suppression
     from effteacher.models.head import decode
     from effteacher.ssod.teacher import flip_ensemble_predict
 
+    raw = None
     with torch.autocast(x_w.device.type, enabled=amp):
+        if s.dense_topk > 0 or not s.flip_teacher:
+            raw = [r.float() for r in teacher(x_w)]
         if s.flip_teacher:
             pred = flip_ensemble_predict(teacher, x_w)
         else:
-            pred = decode(teacher(x_w), teacher.anchors, teacher.stride)
-    return non_max_suppression(pred.float(), conf_thres=floor, iou_thres=s.nms_iou, agnostic=s.agnostic_nms,
+            assert raw is not None
+            pred = decode(raw, teacher.anchors, teacher.stride)
+    dets = non_max_suppression(pred.float(), conf_thres=floor, iou_thres=s.nms_iou, agnostic=s.agnostic_nms,
                                return_obj=True, max_det=300, return_probs=s.soft_cls)
+    return dets, (raw if s.dense_topk > 0 else None)
 
 
 def observed_scores(dets: list[torch.Tensor], s: SSODConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,9 +75,14 @@ class StudentLosses:
 
 def student_losses(model: nn.Module, x_l: torch.Tensor, targets_l: torch.Tensor, x_s: torch.Tensor,
                    targets_u: torch.Tensor, loss_sup: Any, loss_unsup: Any, disc: nn.Module | None,
-                   s: SSODConfig, labeled_density: float, amp: bool, da_weight: float) -> StudentLosses:
+                   s: SSODConfig, labeled_density: float, amp: bool, da_weight: float,
+                   dense: tuple[Any, tuple[float, ...], float, float] | None = None) -> StudentLosses:
     """Labeled + strong views through the student in one batch: supervised loss, masked unlabeled loss
-    (box/cls scaled by pseudo-box density with ``s.density_norm``), and the domain loss when ``disc``."""
+    (box/cls scaled by pseudo-box density with ``s.density_norm``), and the domain loss when ``disc``.
+
+    dense: (DenseTargets, balance, gain_obj, gain_cls) with ``s.dense_topk``: the unlabeled objectness and
+    class losses come from the teacher's dense maps (``loss_unsup`` then carries only the box loss)."""
+    from effteacher.ssod.dense import dense_loss
     from effteacher.ssod.domain import domain_loss
 
     bl = x_l.shape[0]
@@ -79,6 +91,10 @@ def student_losses(model: nn.Module, x_l: torch.Tensor, targets_l: torch.Tensor,
         loss_l, items_l = loss_sup([r[:bl] for r in raw], targets_l)
         expected = labeled_density * x_s.shape[0] if s.density_norm else None
         loss_u, items_u = loss_unsup([r[bl:] for r in raw], targets_u, expected_targets=expected)
+        if dense is not None:
+            dobj, dcls = dense_loss([r[bl:] for r in raw], dense[0], dense[1], dense[2], dense[3])
+            loss_u = loss_u + (dobj + dcls) * x_s.shape[0]
+            items_u = {**items_u, "obj": dobj.detach(), "cls": dcls.detach()}
         loss = loss_l + s.lambda_u * loss_u
         da = torch.zeros((), device=x_l.device)
         if disc is not None:

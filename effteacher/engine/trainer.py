@@ -172,14 +172,22 @@ class Trainer(BuildMixin, StateMixin):
         x_l, x_w, x_s = self._to_input(imgs_l), self._to_input(weak), self._to_input(strong)
         # Scores are collected from a low fixed floor so the Epoch Adaptor sees the full distribution.
         floor = min(0.05, float(self.thresholds.tau1.min()))
-        dets = teacher_predict(self.ema.module, x_w, s, floor, self.amp)
+        dets, raw_t = teacher_predict(self.ema.module, x_w, s, floor, self.amp)
         tau1, tau2 = self.thresholds.tau1.to(self.device), self.thresholds.tau2.to(self.device)
         targets_u, stats = assign_pseudo_labels(dets, M.to(self.device), tuple(x_s.shape[-2:]), tau1, tau2,
                                                 s.obj_box_thres, soft_cls=s.soft_cls, score_mode=s.score,
                                                 cls_thres=s.cls_thres)
         self.thresholds.observe(*observed_scores(dets, s))
+        dense = None
+        if raw_t is not None:
+            from effteacher.ssod.dense import dense_targets
+
+            t = self.ema.module
+            dt = dense_targets(raw_t, M.to(self.device), [float(v) for v in t.stride], tuple(x_w.shape[-2:]),
+                               s.dense_topk)
+            dense = (dt, self.cfg.loss.balance, *self.dense_gains)
         out = student_losses(self.train_model, x_l, targets_l, x_s, targets_u, self.loss_sup, self.loss_unsup,
-                             self.disc, s, self.labeled_density, self.amp, 1.0)
+                             self.disc, s, self.labeled_density, self.amp, 1.0, dense)
         items: dict[str, Any] = {**out.items, "reliable": stats["n_reliable"], "uncertain": stats["n_uncertain"]}
         if self.data.hidden_labels_known:
             items.update(pseudo_quality(dets, hidden, x_w.shape[-2:], tau2, s))

@@ -38,6 +38,9 @@ class BuildMixin:
         s = cfg.ssod
         self.loss_sup = DetectionLoss(self.model, cfg.loss, cfg.imgsz)
         self.loss_unsup = DetectionLoss(self.model, cfg.loss, cfg.imgsz, gains=(s.unsup_box, s.unsup_obj, s.unsup_cls))
+        self.dense_gains = (self.loss_unsup.gain_obj, self.loss_unsup.gain_cls)
+        if s.dense_topk > 0:  # objectness and class come from the teacher's dense maps; boxes stay sparse
+            self.loss_unsup = DetectionLoss(self.model, cfg.loss, cfg.imgsz, gains=(s.unsup_box, 0.0, 0.0))
         self.disc = None
         if self.ssod and s.domain_adapt:
             self.disc = DomainDiscriminator(self.model.feature_channels).to(self.device)
