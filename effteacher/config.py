@@ -107,6 +107,7 @@ class SSODConfig:
     ea_alpha: float = 0.6  # Epoch Adaptor: tau2 keeps the top alpha of the expected boxes
     domain_adapt: bool = False  # one distribution for L and U: measured neutral (benchmarks/RESULTS.md)
     lambda_da: float = 0.1
+    da_rampup: int = 500  # SSOD iterations over which the domain loss weight ramps linearly from 0 to lambda_da
     teacher_decay: float = 0.0  # EMA decay of the teacher after burn-in; 0 = auto (0.99-0.999 by SSOD length)
     flip_teacher: bool = False  # Humble Teacher flip ensemble
     unlabeled_ratio: int = 1  # unlabeled images per labeled image in a batch

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from effteacher.ssod.domain import DomainDiscriminator, domain_loss, grad_reverse
+from effteacher.ssod.domain import DomainDiscriminator, da_ramp, domain_loss, grad_reverse
 
 
 def test_grad_reverse_identity_forward_reversed_scaled_backward():
@@ -54,3 +54,8 @@ def test_domain_loss_different_spatial_sizes_and_discriminator_learns():
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first
+
+
+def test_da_ramp_linear_then_flat():
+    assert [da_ramp(s, 4) for s in (0, 1, 2, 4, 100)] == [0.0, 0.25, 0.5, 1.0, 1.0]
+    assert da_ramp(0, 0) == 1.0 and da_ramp(-3, 4) == 0.0

@@ -35,6 +35,17 @@ def teacher_predict(teacher: nn.Module, x_w: torch.Tensor, s: SSODConfig, floor:
     return dets, (raw if s.dense_topk > 0 else None)
 
 
+def dense_for(raw_t: list[torch.Tensor] | None, M: torch.Tensor, teacher: nn.Module, hw: tuple[int, int],
+              s: SSODConfig, balance: tuple[float, ...], gains: tuple[float, float]) -> tuple[Any, ...] | None:
+    """``student_losses``' dense argument from the teacher's raw maps (None without ``s.dense_topk``)."""
+    if raw_t is None:
+        return None
+    from effteacher.ssod.dense import dense_targets
+
+    t = dense_targets(raw_t, M, [float(v) for v in teacher.stride], hw, s.dense_topk)
+    return (t, balance, gains[0], gains[1])
+
+
 def observed_scores(dets: list[torch.Tensor], s: SSODConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores, classes) the threshold strategy learns from: the score the assigner thresholds (joint or objectness)."""
     d = torch.cat(dets, 0).detach().cpu()

@@ -154,16 +154,20 @@ class Trainer(BuildMixin, StateMixin):
         sums: dict[str, float] = {}
         for i, unl in enumerate(self.unlabeled_loader):
             lab = next(self.labeled_stream)
-            loss, items = self._ssod_step(lab, unl, plot=i < 3 and self.ctx.is_main and epoch == self.plan.burn, index=i)
+            loss, items = self._ssod_step(lab, unl, plot=i < 3 and self.ctx.is_main and epoch == self.plan.burn, index=i,
+                                          ssod_iter=(epoch - (self.plan.burn or 0)) * nb + i)
             self._backward_step(loss, epoch, i, nb)
             self._accumulate(sums, items)
             prog.update({k: v / (i + 1) for k, v in sums.items()}, lab[1].shape[0], lab[0].shape[-1])
         prog.close()
         return {k: v / max(nb, 1) for k, v in sums.items()}
 
-    def _ssod_step(self, lab: tuple, unl: tuple, plot: bool, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    def _ssod_step(self, lab: tuple, unl: tuple, plot: bool, index: int,
+                   ssod_iter: int) -> tuple[torch.Tensor, dict[str, Any]]:
         """Teacher pseudo labels on the weak view (no grad) -> student losses on labeled + strong."""
-        from effteacher.engine.ssod_step import observed_scores, pseudo_quality, student_losses, teacher_predict
+        from effteacher.engine.ssod_step import (dense_for, observed_scores, pseudo_quality, student_losses,
+                                                 teacher_predict)
+        from effteacher.ssod.domain import da_ramp
         from effteacher.ssod.pseudo import assign_pseudo_labels
 
         s = self.cfg.ssod
@@ -178,16 +182,10 @@ class Trainer(BuildMixin, StateMixin):
                                                 s.obj_box_thres, soft_cls=s.soft_cls, score_mode=s.score,
                                                 cls_thres=s.cls_thres)
         self.thresholds.observe(*observed_scores(dets, s))
-        dense = None
-        if raw_t is not None:
-            from effteacher.ssod.dense import dense_targets
-
-            t = self.ema.module
-            dt = dense_targets(raw_t, M.to(self.device), [float(v) for v in t.stride], tuple(x_w.shape[-2:]),
-                               s.dense_topk)
-            dense = (dt, self.cfg.loss.balance, *self.dense_gains)
+        dense = dense_for(raw_t, M.to(self.device), self.ema.module, tuple(x_w.shape[-2:]), s,
+                          self.cfg.loss.balance, self.dense_gains)
         out = student_losses(self.train_model, x_l, targets_l, x_s, targets_u, self.loss_sup, self.loss_unsup,
-                             self.disc, s, self.labeled_density, self.amp, 1.0, dense)
+                             self.disc, s, self.labeled_density, self.amp, da_ramp(ssod_iter, s.da_rampup), dense)
         items: dict[str, Any] = {**out.items, "reliable": stats["n_reliable"], "uncertain": stats["n_uncertain"]}
         if self.data.hidden_labels_known:
             items.update(pseudo_quality(dets, hidden, x_w.shape[-2:], tau2, s))

@@ -96,7 +96,7 @@ TRAIN_RANGES: dict[str, Range] = {
     "ssod.lambda_u": _GAIN, "ssod.unsup_box": _GAIN, "ssod.unsup_obj": _GAIN, "ssod.unsup_cls": _GAIN,
     "ssod.cls_thres": _FRACTION, "ssod.dense_topk": _FRACTION, "ssod.tau1": _FRACTION, "ssod.tau2": _FRACTION,
     "ssod.nms_iou": Range(0.0, 1.0, lo_strict=True), "ssod.obj_box_thres": _FRACTION,
-    "ssod.ea_alpha": Range(0.0, 1.0, lo_strict=True), "ssod.lambda_da": _GAIN,
+    "ssod.ea_alpha": Range(0.0, 1.0, lo_strict=True), "ssod.lambda_da": _GAIN, "ssod.da_rampup": _count(0),
     "ssod.teacher_decay": Range(0.0, 1.0, hi_strict=True, hint="0 = auto"),
     "ssod.unlabeled_ratio": _count(1),
     "sched.min_steps": _count(1), "sched.max_steps": _count(1), "sched.patience_steps": _count(1),

@@ -63,3 +63,10 @@ def domain_loss(disc: DomainDiscriminator, feats_l: list[Tensor], feats_u: list[
     dev = feats_l[0].device
     labels = torch.cat([torch.zeros(n_l, dtype=torch.long, device=dev), torch.ones(n_u, dtype=torch.long, device=dev)])
     return torch.stack([F.cross_entropy(lg.float(), labels) for lg in logits]).mean()
+
+
+def da_ramp(step: int, ramp_steps: int) -> float:
+    """Weight of the domain loss at SSOD iteration ``step``: linear from 0 to 1 over ``ramp_steps`` (0 = none)."""
+    if ramp_steps <= 0:
+        return 1.0
+    return min(max(step, 0) / ramp_steps, 1.0)
