@@ -42,22 +42,28 @@ def run_variant(src: Path, name: str, n_ssod: int, overrides: dict[str, Any], wo
     return branch(src, src.parent / f"{src.name}-abl" / name, overrides, base, epochs=_burn(src) + n_ssod)
 
 
-def table(src: Path) -> list[dict[str, Any]]:
-    """Per variant: its overrides and its validations after the hand-over (plus the hand-over's own)."""
+def table(src: Path, extra: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
+    """Per variant: its overrides and its validations after the hand-over (plus the hand-over's own).
+
+    extra: other runs from the same burn-in state to compare with, e.g. ssod_gain's ``ssod10_s0`` (the source
+    itself, overrides {}) and ``ctrl10_s0`` (branched, its overrides.json); finished or not.
+    """
     burn = _burn(src)
     out = []
-    for d in sorted((src.parent / f"{src.name}-abl").glob("*/overrides.json")):
-        run = d.parent
+    runs = [d.parent for d in sorted((src.parent / f"{src.name}-abl").glob("*/overrides.json"))]
+    for run in [*extra, *runs]:
         rs = [r for r in rows(run) if r["epoch"] >= burn]
+        ov = run / "overrides.json"
         if rs:
-            out.append({"name": run.name, "overrides": json.loads(d.read_text()), "rows": rs, "min": wall_s(run) / 60})
+            out.append({"name": run.name, "overrides": json.loads(ov.read_text()) if ov.is_file() else {}, "rows": rs,
+                        "min": wall_s(run) / 60})
     return out
 
 
-def summarise(src: Path) -> None:
+def summarise(src: Path, extra: tuple[Path, ...] = ()) -> None:
     from benchmarks.common import record
 
-    runs = table(src)
+    runs = table(src, extra)
     if not runs:
         raise SystemExit(f"no variants under {src}-abl")
     ctrl = next((r for r in runs if r["overrides"].get("ssod.lambda_u") == 0.0), None)
@@ -87,12 +93,14 @@ def main() -> None:
     ap.add_argument("--n-ssod", type=int, default=3, help="SSOD epochs per variant")
     ap.add_argument("--variant", nargs="*", default=[], help="name:json_overrides (dotted TrainConfig keys)")
     ap.add_argument("--record", action="store_true", help="summarise the variants into RESULTS.md")
+    ap.add_argument("--with", dest="extra", type=Path, nargs="*", default=[],
+                    help="other runs from the same burn-in to compare with (e.g. the source and ssod_gain's ctrl10_s0)")
     a = ap.parse_args()
     for v in a.variant:
         name, js = v.split(":", 1)
         run_variant(a.src, name, a.n_ssod, json.loads(js))
     if a.record or a.variant:
-        summarise(a.src)
+        summarise(a.src, tuple(a.extra))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,10 @@ def test_variants_share_the_burn_in_and_are_summarised(src_run, tmp_path, monkey
     assert [r["epoch"] for r in runs["control"]["rows"]] == [1, 2]
     assert runs["control"]["rows"][0] == runs["obj"]["rows"][0]
     assert runs["obj"]["overrides"] == {"ssod.score": "obj"}
+    # the source run itself (its own SSOD phase, default config) joins the comparison with overrides {}
+    both = {r["name"]: r for r in ssod_ablation.table(src_run, (src_run,))}
+    assert set(both) == {"control", "obj", "ssod10_s0"} and both["ssod10_s0"]["overrides"] == {}
+    assert both["ssod10_s0"]["rows"][0] == runs["control"]["rows"][0]
     monkeypatch.setattr(common, "RESULTS", tmp_path / "RESULTS.md")
     ssod_ablation.summarise(src_run)
     text = (tmp_path / "RESULTS.md").read_text()
