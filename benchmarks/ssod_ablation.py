@@ -39,7 +39,9 @@ def run_variant(src: Path, name: str, n_ssod: int, overrides: dict[str, Any], wo
 
     args = torch.load(src / "weights/burn_in.pt", weights_only=True)["args"]
     base = replace(from_dict(args), workers=workers)
-    return branch(src, src.parent / f"{src.name}-abl" / name, overrides, base, epochs=_burn(src) + n_ssod)
+    # n_ssod 0: the source run's own plan (same SSOD length, LR schedule and teacher decay as the source)
+    return branch(src, src.parent / f"{src.name}-abl" / name, overrides, base,
+                  epochs=_burn(src) + n_ssod if n_ssod > 0 else None)
 
 
 def table(src: Path, extra: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
@@ -90,7 +92,7 @@ def summarise(src: Path, extra: tuple[Path, ...] = ()) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--src", type=Path, required=True, help="a run folder holding weights/burn_in.pt")
-    ap.add_argument("--n-ssod", type=int, default=3, help="SSOD epochs per variant")
+    ap.add_argument("--n-ssod", type=int, default=3, help="SSOD epochs per variant (0: as many as the source plans)")
     ap.add_argument("--variant", nargs="*", default=[], help="name:json_overrides (dotted TrainConfig keys)")
     ap.add_argument("--record", action="store_true", help="summarise the variants into RESULTS.md")
     ap.add_argument("--with", dest="extra", type=Path, nargs="*", default=[],
