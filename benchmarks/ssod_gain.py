@@ -121,22 +121,35 @@ def gap_check(project: Path, data: str, seed: int) -> float:
     return gap
 
 
-def summarise(project: Path, data: str) -> None:
-    seeds = sorted(int(p.name.split("_s")[1]) for p in project.glob("ssod10_s*") if (p / "done.json").is_file())
+def _finished(run: Path) -> bool:
+    return (run / "done.json").is_file()
+
+
+def summarise(project: Path, data: str, partial: bool = False) -> None:
+    """Combine the runs of a dataset into RESULTS.md. ``partial``: also runs still in progress (killed at a
+    session's end), compared up to the last iteration every arm of a seed has reached, and marked so."""
+    ready = (lambda p: (p / "results.csv").is_file()) if partial else _finished
+    seeds = sorted(int(p.name.split("_s")[1]) for p in project.glob("ssod10_s*")
+                   if (p / "weights/burn_in.pt").is_file() and ready(p))
     if not seeds:
-        raise SystemExit(f"no finished ssod10_s* runs in {project}")
-    full = rows(project / "sup100") if (project / "sup100/done.json").is_file() else []
+        raise SystemExit(f"no {'handed-over' if partial else 'finished'} ssod10_s* runs in {project}")
+    full_run = project / "sup100"
+    full = rows(full_run) if (_finished(full_run) or (partial and (full_run / "results.csv").is_file())) else []
     f = best(full)[MAP] if full else float("nan")
     parts, lines, ok, ratios = [], [], True, []
     for seed in seeds:
         need = [project / f"{a}_s{seed}" for a in ("sup10", "ssod10", "ctrl10")]
-        if not all((p / "done.json").is_file() for p in need[1:]):
+        if not all(ready(p) if partial else _finished(p) for p in need[1:]):
             continue
         sup, ssod, ctrl = sup10_rows(project, seed), rows(need[1]), rows(need[2])
         burn = burn_epochs(need[1])
+        if partial:  # the same SSOD iterations for both arms
+            upto = min(ssod[-1]["train/iterations"], ctrl[-1]["train/iterations"])
+            ssod = [r for r in ssod if r["train/iterations"] <= upto]
+            ctrl = [r for r in ctrl if r["train/iterations"] <= upto]
         after = [r for r in ssod if r["epoch"] > burn]
         after_c = [r for r in ctrl if r["epoch"] > burn]
-        own = f", {wall_s(need[0]) / 60:.0f} min" if (need[0] / "done.json").is_file() else " (the burn-in of SSOD)"
+        own = f", {wall_s(need[0]) / 60:.0f} min" if _finished(need[0]) else " (the burn-in of SSOD)"
         b, c, s = best(sup), best(ctrl), best(ssod)
         base_best = max(b[MAP], c[MAP])
         ratio = s[MAP] / base_best if base_best > 0 else float("nan")
@@ -145,25 +158,31 @@ def summarise(project: Path, data: str) -> None:
         below_c = compare(after, ctrl)
         below_s = compare(after, sup)
         worst = min(below_c[2], below_s[2])
-        ok &= ratio >= 1.3 and closed >= 0.4 and worst >= -0.01
+        ok &= ratio >= 1.3 and closed >= 0.4 and worst >= -0.01 and _finished(need[1]) and _finished(need[2])
         ratios.append(ratio)
+        burn_its = int(next(r["train/iterations"] for r in ssod if r["epoch"] == burn))
+        done_its = int(ssod[-1]["train/iterations"])
+        progress = "" if _finished(need[1]) and _finished(need[2]) else (
+            f", PARTIAL: {done_its - burn_its} of {burn_its} SSOD iterations")
         parts.append(f"s{seed} sup10 {b[MAP]:.3f} ctrl {c[MAP]:.3f} ssod {s[MAP]:.3f} ({ratio:.2f}x, gap closed "
-                     f"{closed:.0%})")
+                     f"{closed:.0%}{progress})")
         lines.append(
             f"- seed {seed}: supervised 10% best {b[MAP]:.4f} (mAP50 {b['metrics/mAP50']:.4f}) at iteration "
             f"{int(b['train/iterations'])}, stopped at {int(sup[-1]['train/iterations'])}, noise band "
-            f"{band(sup):.4f}{own}; SSOD burn-in {burn} epochs = "
-            f"{int(next(r['train/iterations'] for r in ssod if r['epoch'] == burn))} iterations; control (lambda_u 0) best {c[MAP]:.4f} at {int(c['train/iterations'])}, band "
-            f"{band(ctrl):.4f}, {wall_s(need[2]) / 60:.0f} min; SSOD best {s[MAP]:.4f} (mAP50 {s['metrics/mAP50']:.4f}) at "
-            f"{int(s['train/iterations'])} of {int(ssod[-1]['train/iterations'])}, band {band(ssod):.4f}, "
-            f"{wall_s(need[1]) / 60:.0f} min; after hand-over SSOD is below the control at the same iteration "
-            f"in {below_c[0]} of {below_c[1]} validations (worst {below_c[2]:+.3f}) and below supervised 10% in "
-            f"{below_s[0]} of {below_s[1]} (worst {below_s[2]:+.3f}); control below supervised: "
-            f"{compare(after_c, sup)[0]} of {compare(after_c, sup)[1]}"
-        )
+            f"{band(sup):.4f}{own}; SSOD burn-in {burn} epochs = {burn_its} iterations; control (lambda_u 0) best "
+            f"{c[MAP]:.4f} at {int(c['train/iterations'])}, band {band(ctrl):.4f}, {wall_s(need[2]) / 60:.0f} min; "
+            f"SSOD best {s[MAP]:.4f} (mAP50 {s['metrics/mAP50']:.4f}) at {int(s['train/iterations'])} of "
+            f"{done_its}, band {band(ssod):.4f}, {wall_s(need[1]) / 60:.0f} min; after hand-over SSOD is below the "
+            f"control at the same iteration in {below_c[0]} of {below_c[1]} validations (worst {below_c[2]:+.3f}) "
+            f"and below supervised 10% in {below_s[0]} of {below_s[1]} (worst {below_s[2]:+.3f}); control below "
+            f"supervised: {compare(after_c, sup)[0]} of {compare(after_c, sup)[1]}"
+            + ("; SSOD - control per validation after hand-over: "
+               + ", ".join(f"{int(r['train/iterations'])}:{r[MAP] - (at_step(ctrl, r['train/iterations']) or 0):+.3f}"
+                           for r in after if at_step(ctrl, r['train/iterations']) is not None)))
     if full:
+        state = "" if _finished(full_run) else f" (NOT plateaued: still improving when stopped, a lower bound)"
         lines.append(f"- supervised 100% best {f:.4f} at iteration {int(best(full)['train/iterations'])}, stopped at "
-                     f"{int(full[-1]['train/iterations'])}, band {band(full):.4f}, {wall_s(project / 'sup100') / 60:.0f} min")
+                     f"{int(full[-1]['train/iterations'])}, band {band(full):.4f}, {wall_s(full_run) / 60:.0f} min{state}")
     if len(ratios) > 1:
         lines.append(f"- ratio across seeds {statistics.mean(ratios):.2f} +- {statistics.stdev(ratios):.2f}")
     lines.append(f"- runs in {project}; command: python -m benchmarks.ssod_gain --data {data} --seed S [--full] "
@@ -183,6 +202,7 @@ def main() -> None:
     ap.add_argument("--cfg", type=Path, default=None, help="YAML of TrainConfig keys for every arm")
     ap.add_argument("--project", type=Path, default=Path("runs/bench"))
     ap.add_argument("--record", action="store_true", help="combine finished runs into RESULTS.md; train nothing")
+    ap.add_argument("--partial", action="store_true", help="with --record: include runs still in progress")
     a = ap.parse_args()
     project = a.project / a.data
     if not a.record:
@@ -191,12 +211,12 @@ def main() -> None:
         if unknown:
             raise SystemExit(f"--arms: unknown {sorted(unknown)}; choose from {', '.join(ARMS)}")
         arms(project, a.data, a.seed, which, a.cfg)
-    if (project / "sup100/done.json").is_file() and (project / f"ssod10_s{a.seed}/weights/burn_in.pt").is_file():
+    if ((project / "sup100/done.json").is_file() or a.partial) and (project / f"ssod10_s{a.seed}/weights/burn_in.pt").is_file():
         gap = gap_check(project, a.data, a.seed)
         if gap < 0.10:  # the dataset's difficulty is fixed by the supervised arms, never after SSOD results
             print(f"WARNING {a.data}: the 10%/100% gap {gap:.3f} < 0.10: labels are not scarce enough for an SSOD "
                   "benchmark; change the dataset, not the SSOD runs", flush=True)
-    summarise(project, a.data)
+    summarise(project, a.data, a.partial)
 
 
 if __name__ == "__main__":

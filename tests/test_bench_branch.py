@@ -48,3 +48,38 @@ def test_variants_share_the_burn_in_and_are_summarised(src_run, tmp_path, monkey
     # ssod_gain's supervised 10% arm defaults to the burn-in of the SSOD run: its validations up to the hand-over
     sup = ssod_gain.sup10_rows(src_run.parent, 0)
     assert [r["epoch"] for r in sup] == [1]
+
+
+def test_ssod_gain_partial_record_compares_equal_iterations(src_run, tmp_path, monkeypatch):
+    """--record --partial: runs still in progress are compared up to the iterations both arms reached, marked PARTIAL
+    (here: the control has one SSOD epoch more than the SSOD run, which the comparison must not use)."""
+    import json
+    import shutil
+
+    import benchmarks.common as common
+    from benchmarks import ssod_gain
+    from benchmarks.branch import branch, rows
+
+    project = tmp_path / "proj"
+    shutil.copytree(src_run, project / "ssod10_s0")
+    (project / "ssod10_s0" / "done.json").unlink(missing_ok=True)  # as if killed: not finished
+    burn = ssod_gain.burn_epochs(project / "ssod10_s0")
+    args = __import__("torch").load(project / "ssod10_s0/weights/burn_in.pt", weights_only=True)["args"]
+    from effteacher.config import from_dict
+
+    base = replace(from_dict(args), workers=0)
+    branch(project / "ssod10_s0", project / "ctrl10_s0", {"ssod.lambda_u": 0.0}, base, epochs=burn + 2)
+    assert json.loads((project / "ctrl10_s0/overrides.json").read_text()) == {"ssod.lambda_u": 0.0}
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "RESULTS.md")
+    with pytest.raises(SystemExit):
+        ssod_gain.summarise(project, "tiny")  # nothing finished
+    ssod_gain.summarise(project, "tiny", partial=True)
+    text = (tmp_path / "RESULTS.md").read_text()
+    last = int(rows(project / "ssod10_s0")[-1]["train/iterations"])
+    assert "PARTIAL" in text and "target NOT met" in text
+    import re
+
+    ctrl_at = int(re.search(r"control \(lambda_u 0\) best [0-9.]+ at (\d+)", text).group(1))
+    per_val = re.search(r"SSOD - control per validation after hand-over: (.*)", text).group(1)
+    assert ctrl_at <= last and all(int(x.split(":")[0]) <= last for x in per_val.split(", "))
+    assert int(rows(project / "ctrl10_s0")[-1]["train/iterations"]) > last  # the control did run further
