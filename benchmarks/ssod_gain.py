@@ -19,6 +19,9 @@ The claimed gain is SSOD best over the better of sup10 best and ctrl10 best.
 
     python -m benchmarks.ssod_gain --data sample-large --seed 0 --full --project /work/bench
     python -m benchmarks.ssod_gain --data sample-large --record --project /work/bench
+
+Arms side by side (``--arms ssod`` and ``--arms ctrl`` in two processes) need ``OMP_NUM_THREADS=1`` each on a
+2-core machine: with torch's default threads they oversubscribe the cores and ran 2.5x slower (2026-12-04).
 """
 
 from __future__ import annotations
