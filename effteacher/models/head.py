@@ -84,8 +84,9 @@ def decode(raw: list[torch.Tensor], anchors: torch.Tensor, stride: torch.Tensor)
         b, na, ny, nx, no = r.shape
         y = r.sigmoid()
         # the grid is made in fp32 and cast: ONNX Range has no fp16, and the TorchScript exporter fails on it
-        gy = torch.arange(ny, device=r.device, dtype=torch.float32).to(y.dtype).view(1, 1, ny, 1).expand(1, 1, ny, nx)
-        gx = torch.arange(nx, device=r.device, dtype=torch.float32).to(y.dtype).view(1, 1, 1, nx).expand(1, 1, ny, nx)
+        f32 = dict(device=r.device, dtype=torch.float32)
+        gy = torch.arange(ny, **f32).to(y.dtype).view(1, 1, ny, 1).expand(1, 1, ny, nx)
+        gx = torch.arange(nx, **f32).to(y.dtype).view(1, 1, 1, nx).expand(1, 1, ny, nx)
         grid = torch.stack((gx, gy), -1)  # (1, 1, ny, nx, 2)
         xy = (y[..., 0:2] * 2 - 0.5 + grid) * stride[i].to(y.dtype)
         wh = (y[..., 2:4] * 2) ** 2 * anchors[i].to(y.dtype).view(1, na, 1, 1, 2)
