@@ -9,6 +9,7 @@ from effteacher.engine.schedule import (
     burn_in_done,
     ema_schedule,
     lr_factor,
+    patience_out,
     resolve_optimizer,
     ssod_epochs,
     teacher_decay,
@@ -55,6 +56,17 @@ def test_fixed_plan_keeps_yolov5_schedule_and_epoch_caps():
     assert sup.auto and sup.end is None
     auto_capped = EpochPlan(replace(cfg, burn_in="auto"), ssod=True, nb_burn=4, nb_ssod=20)
     assert auto_capped.bounds[1] == 11  # --epochs 12 leaves at least one SSOD epoch
+
+
+def test_patience_clock_restarts_at_the_hand_over():
+    """Regression: the small sample (4-iteration labeled epochs) had its best burn-in validation at epoch 1102 and
+    handed over at 1254; counting --patience 100 from the burn-in's best stopped it after one SSOD epoch."""
+    assert patience_out(1254, 1101, 100, None)  # supervised / undecided runs: YOLOv5's rule
+    assert not patience_out(1254, 1101, 100, 1254)  # first SSOD epoch
+    assert not patience_out(1352, 1101, 100, 1254)
+    assert patience_out(1353, 1101, 100, 1254)  # 100 SSOD epochs without a better validation
+    assert not patience_out(1400, 1350, 100, 1254)  # a better SSOD validation moves the clock
+    assert patience_out(16, 6, 10, 5) and not patience_out(15, 6, 10, 5)  # best after the hand-over: plain rule
 
 
 def test_lr_factor_constant_then_decay():

@@ -177,11 +177,11 @@ def test_ssod_threshold_strategies_run(tiny_data, tmp_path, extra):
 
 
 def test_auto_burn_in_hands_over_on_plateau_and_resume_keeps_it(tiny_data, tmp_path):
-    """Default ``--burn-in auto`` with tiny step windows: it logs why it handed over, saves burn_in.pt, and a run
-    resumed from that state keeps the decision (same burn-in length, same planned end)."""
+    """Default ``--burn-in auto`` with tiny step windows: it logs why it handed over, saves burn_in.pt, runs the whole
+    SSOD phase, and a run resumed from that state keeps the decision (same burn-in length, same planned end)."""
     cfg = tmp_path / "sched.yaml"
-    cfg.write_text("sched: {min_steps: 2, max_steps: 8, patience_steps: 2, val_steps: 1, ssod_factor: 1.0}\n")
-    res = _train(["--data", str(tiny_data), "--labeled", "25%", *TINY, "--cfg", str(cfg),
+    cfg.write_text("sched: {min_steps: 2, max_steps: 8, patience_steps: 2, val_steps: 1, ssod_factor: 3.0}\n")
+    res = _train(["--data", str(tiny_data), "--labeled", "25%", *TINY, "--cfg", str(cfg), "--patience", "3",
                   "--project", str(tmp_path), "--name", "auto"])
     assert res.exit_code == 0, res.output
     assert "hand-over to SSOD after epoch" in res.output
@@ -192,6 +192,10 @@ def test_auto_burn_in_hands_over_on_plateau_and_resume_keeps_it(tiny_data, tmp_p
     assert burn["handover_reason"]
     rows = _rows(run)
     assert int(rows[-1]["epoch"]) > burn["epoch"] and float(rows[-1]["unsup/obj_loss"]) > 0
+    # the SSOD phase runs its whole plan (3x the burn-in's iterations): --patience counts from the hand-over, not
+    # from the burn-in's best epoch (which stopped the small sample after one SSOD epoch)
+    burn_its = int(rows[burn["epoch"] - 1]["train/iterations"])
+    assert int(rows[-1]["train/iterations"]) - burn_its >= 3 * burn_its
     # killed right after the hand-over: resuming from the burn-in state finishes the same plan
     again = tmp_path / "again"
     (again / "weights").mkdir(parents=True)

@@ -57,6 +57,18 @@ def burn_in_done(p: Plateau, step: int, sched: SchedConfig, last_epoch: bool = F
     return None
 
 
+def patience_out(epoch: int, best_epoch: int, patience: int, handover: int | None) -> bool:
+    """True when ``patience`` epochs have passed without a better validation (YOLOv5's early stop).
+
+    ``handover`` is the first SSOD epoch (None for supervised runs or while an auto burn-in is
+    undecided). The SSOD phase gets its own clock from the hand-over: an auto burn-in ends after a
+    plateau by design, so counting from the burn-in's best epoch stopped a run with short labeled
+    epochs (4 iterations each) after one SSOD epoch.
+    """
+    start = best_epoch if handover is None else max(best_epoch, handover - 1)
+    return epoch - start >= patience
+
+
 def ssod_epochs(burn_steps: int, nb_ssod: int, factor: float) -> int:
     """SSOD epochs (passes over U of ``nb_ssod`` iterations) giving at least ``factor`` x the burn-in iterations."""
     return max(math.ceil(factor * burn_steps / max(nb_ssod, 1)), 1)

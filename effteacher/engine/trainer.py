@@ -245,7 +245,7 @@ class Trainer(BuildMixin, StateMixin):
         """Validate the EMA/teacher, decide an auto burn-in, log, save last.pt and best.pt; True stops the run."""
         from effteacher.engine.logger import print_threshold_table
         from effteacher.engine.results_csv import epoch_summary, results_row
-        from effteacher.engine.schedule import burn_in_done, val_every_auto
+        from effteacher.engine.schedule import burn_in_done, patience_out, val_every_auto
         from effteacher.utils.console import info
 
         cfg = self.cfg
@@ -272,14 +272,18 @@ class Trainer(BuildMixin, StateMixin):
         csv.log(row)
         for line in epoch_summary(row):
             info(line)
-        patience_out = not auto and epoch - self.best_epoch >= cfg.patience
-        finished = stop or patience_out or epoch + 1 >= plan.last_epoch()
+        handover = plan.burn if self.ssod else None
+        early = not auto and patience_out(epoch, self.best_epoch, cfg.patience, handover)
+        if early and self.ctx.is_main:
+            info(f"stopping early: no better validation in the last {cfg.patience} epochs (--patience; best at "
+                 f"epoch {self.best_epoch + 1})")
+        finished = stop or early or epoch + 1 >= plan.last_epoch()
         if ssod_epoch:
             if cfg.verbose or finished:
                 print_threshold_table(self.thresholds.tau1, self.thresholds.tau2, self.data.names)
             self._warn_pseudo(means)
         self._save(epoch, metrics, fitness == self.best_fitness and result is not None, finished)
-        return stop or patience_out
+        return stop or early
 
     def _decided(self, burn: int, reason: str) -> None:
         """The auto burn-in ends after ``burn`` epochs: fix the plan and say why."""
