@@ -67,6 +67,7 @@ def test_patience_clock_restarts_at_the_hand_over():
     assert patience_out(1353, 1101, 100, 1254)  # 100 SSOD epochs without a better validation
     assert not patience_out(1400, 1350, 100, 1254)  # a better SSOD validation moves the clock
     assert patience_out(16, 6, 10, 5) and not patience_out(15, 6, 10, 5)  # best after the hand-over: plain rule
+    assert not patience_out(1200, 50, 100, 1254)  # a fixed burn-in still running is not cut short
 
 
 def test_lr_factor_constant_then_decay():

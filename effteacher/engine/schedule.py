@@ -63,7 +63,8 @@ def patience_out(epoch: int, best_epoch: int, patience: int, handover: int | Non
     ``handover`` is the first SSOD epoch (None for supervised runs or while an auto burn-in is
     undecided). The SSOD phase gets its own clock from the hand-over: an auto burn-in ends after a
     plateau by design, so counting from the burn-in's best epoch stopped a run with short labeled
-    epochs (4 iterations each) after one SSOD epoch.
+    epochs (4 iterations each) after one SSOD epoch. Before the hand-over of an SSOD run (a fixed
+    ``--burn-in`` still running) it never fires: an SSOD run is not ended before its SSOD phase.
     """
     start = best_epoch if handover is None else max(best_epoch, handover - 1)
     return epoch - start >= patience
