@@ -94,6 +94,9 @@ class SSODConfig:
     # the class loss (cls_thres). For teachers that find objects before they name them right.
     score: Literal["joint", "obj"] = "joint"
     cls_thres: float = 0.0  # a reliable box trains the class head only where the teacher's class probability >= this
+    # "fixed": cls_thres for every class; "adaptive": per class cls_thres * p_c / max p (FreeMatch-style, p_c the
+    # teacher's objectness-weighted class confidence of last SSOD epoch; effteacher/ssod/class_gate.py)
+    cls_thres_mode: Literal["fixed", "adaptive"] = "fixed"
     agnostic_nms: bool = False  # class-agnostic teacher NMS (one box per object instead of one per class)
     # Dense soft pseudo labels (Dense Teacher style): > 0 = the student's unlabeled objectness and class are
     # trained on the teacher's dense maps warped to the strong view, this fraction of cells (top by teacher

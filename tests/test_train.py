@@ -160,7 +160,8 @@ def test_hidden_labels_never_reach_training(tiny_data, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("extra", [{"thresholds": "adaptor", "soft_cls": True, "domain_adapt": True, "dense_topk": 0.05},
                                    {"thresholds": "gmm", "flip_teacher": True, "domain_adapt": False, "density_norm": False,
-                                        "score": "obj", "cls_thres": 0.5, "agnostic_nms": True}])
+                                        "score": "obj", "cls_thres": 0.5, "cls_thres_mode": "adaptive",
+                                        "agnostic_nms": True}])
 def test_ssod_threshold_strategies_run(tiny_data, tmp_path, extra):
     import yaml
 
@@ -173,6 +174,9 @@ def test_ssod_threshold_strategies_run(tiny_data, tmp_path, extra):
     assert last["args"]["ssod"]["thresholds"] == extra["thresholds"]
     assert last["train_state"]["thresholds"]["kind"] == extra["thresholds"]
     assert (last["train_state"]["disc"] is None) == (not extra["domain_adapt"])
+    gate = last["train_state"]["class_gate"]
+    assert gate["mode"] == extra.get("cls_thres_mode", "fixed")
+    assert float(gate["thres"].max()) <= extra.get("cls_thres", 0.0) + 1e-6
     assert last["args"]["ssod"]["soft_cls"] == extra.get("soft_cls", False)
 
 

@@ -36,6 +36,7 @@ class StateMixin:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "thresholds": self.thresholds.state_dict(),
+            "class_gate": self.class_gate.state_dict(),
             "disc": (self.disc.module if hasattr(self.disc, "module") else self.disc).state_dict() if self.disc is not None else None,
             "epoch": epoch + 1, "best_fitness": self.best_fitness, "best_epoch": self.best_epoch,
             "iteration": self.iteration, "rng": rng_state(), "labeled_stream": self.labeled_stream.state_dict(),
@@ -57,6 +58,8 @@ class StateMixin:
         self.scaler.load_state_dict(st["scaler"])
         if st.get("thresholds") is not None:
             self.thresholds.load_state_dict(st["thresholds"])
+        if st.get("class_gate") is not None:  # absent in checkpoints from before ssod.cls_thres_mode
+            self.class_gate.load_state_dict(st["class_gate"])
         if self.disc is not None and st.get("disc") is not None:
             (self.disc.module if hasattr(self.disc, "module") else self.disc).load_state_dict(st["disc"])
         self.start_epoch, self.best_fitness, self.best_epoch = st["epoch"], st["best_fitness"], st["best_epoch"]

@@ -180,8 +180,9 @@ class Trainer(BuildMixin, StateMixin):
         tau1, tau2 = self.thresholds.tau1.to(self.device), self.thresholds.tau2.to(self.device)
         targets_u, stats = assign_pseudo_labels(dets, M.to(self.device), tuple(x_s.shape[-2:]), tau1, tau2,
                                                 s.obj_box_thres, soft_cls=s.soft_cls, score_mode=s.score,
-                                                cls_thres=s.cls_thres)
+                                                cls_thres=self.class_gate.thres)
         self.thresholds.observe(*observed_scores(dets, s))
+        self.class_gate.observe(dets)
         dense = dense_for(raw_t, M.to(self.device), self.ema.module, tuple(x_w.shape[-2:]), s,
                           self.cfg.loss.balance, self.dense_gains)
         out = student_losses(self.train_model, x_l, targets_l, x_s, targets_u, self.loss_sup, self.loss_unsup,
@@ -239,6 +240,7 @@ class Trainer(BuildMixin, StateMixin):
         used = {"tau1": float(self.thresholds.tau1.mean()), "tau2": float(self.thresholds.tau2.mean())}
         gather = (lambda t: dist.all_gather_tensor(t, self.ctx)) if self.ctx.world_size > 1 else None
         self.thresholds.end_epoch(all_gather=gather)
+        self.class_gate.end_epoch(all_gather=gather)
         return used
 
     def _end_epoch(self, epoch: int, means: dict[str, float], seconds: float, csv: Any, ssod_epoch: bool) -> bool:

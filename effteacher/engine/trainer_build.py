@@ -75,6 +75,7 @@ class BuildMixin:
     def _build_loaders(self) -> None:
         from effteacher.data.loaders import InfiniteLoader, LabeledDataset, UnlabeledDataset, build_loader
         from effteacher.engine.evaluator import Evaluator
+        from effteacher.ssod.class_gate import ClassGate
         from effteacher.ssod.thresholds import build_thresholds
 
         cfg, ctx = self.cfg, self.ctx
@@ -99,6 +100,7 @@ class BuildMixin:
             cfg.ssod.thresholds, nc=nc, tau1=cfg.ssod.tau1, tau2=cfg.ssod.tau2, n_c=torch.as_tensor(n_c),
             n_labeled=len(self.data.labeled), n_unlabeled=len(self.data.unlabeled), alpha=cfg.ssod.ea_alpha,
         )
+        self.class_gate = ClassGate(nc, cfg.ssod.cls_thres, cfg.ssod.cls_thres_mode)
         self.evaluator = Evaluator(self.data.val, self.data.names, cfg.imgsz, batch=max(bs, 8), workers=cfg.workers,
                                    device=self.device) if ctx.is_main else None
 

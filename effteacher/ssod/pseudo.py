@@ -35,7 +35,7 @@ def assign_pseudo_labels(
     min_visible: float = 0.5,
     soft_cls: bool = False,
     score_mode: str = "joint",
-    cls_thres: float = 0.0,
+    cls_thres: float | Tensor = 0.0,
 ) -> tuple[Tensor, dict[str, Any]]:
     """Split the teacher's detections into reliable / uncertain student targets (METHOD.md section 3).
 
@@ -53,7 +53,7 @@ def assign_pseudo_labels(
     ``score_mode="obj"`` thresholds the teacher's objectness instead of the joint score (obj x class
     probability), so a box the teacher finds but cannot name is not trained as background. In both
     modes a reliable box trains the class head (``w_cls = 1``) only where the teacher's class
-    probability ``score / obj`` is at least ``cls_thres``.
+    probability ``score / obj`` is at least ``cls_thres`` (a float, or (nc,) per class: ``effteacher.ssod.class_gate``).
 
     Returns ``targets`` (N, 9) float32 ``[img, cls, cx, cy, w, h, w_cls, w_box, obj_target]``
     (boxes normalised to the strong image) and ``stats``. With ``soft_cls`` the detections must be
@@ -99,7 +99,8 @@ def assign_pseudo_labels(
 
     rel = reliable[keep]
     ones = torch.ones_like(score[keep])
-    w_cls = (rel & (cls_prob[keep] >= cls_thres)).float()
+    gate = cls_thres.to(device=device, dtype=score.dtype)[cls] if isinstance(cls_thres, Tensor) else cls_thres
+    w_cls = (rel & (cls_prob[keep] >= (gate[keep] if isinstance(gate, Tensor) else gate))).float()
     w_box = torch.where(rel, ones, (obj[keep] > obj_box_thres).float())
     obj_t = torch.where(rel, -ones, obj[keep])
     targets = torch.cat(
