@@ -62,7 +62,7 @@ def table(src: Path, extra: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
     return out
 
 
-def summarise(src: Path, extra: tuple[Path, ...] = ()) -> None:
+def summarise(src: Path, extra: tuple[Path, ...] = (), write: bool = True) -> None:
     from benchmarks.common import record
 
     runs = table(src, extra)
@@ -86,7 +86,11 @@ def summarise(src: Path, extra: tuple[Path, ...] = ()) -> None:
                    f"{int(start.get('train/iterations', 0))}); command in the module docstring")
     line = (f"ssod_ablation ({src.name}): hand-over {start[MAP]:.3f} mAP50-95; after {n - 1} SSOD epochs: "
             + ", ".join(parts))
-    record(f"ssod_ablation ({src.parent.name})", line, "\n".join(details))
+    if not write:
+        print(line, flush=True)
+        return
+    # one section per burn-in state: a second source (another seed) must not replace the first one's record
+    record(f"ssod_ablation ({src.parent.name}, {src.name})", line, "\n".join(details))
 
 
 def main() -> None:
@@ -101,8 +105,8 @@ def main() -> None:
     for v in a.variant:
         name, js = v.split(":", 1)
         run_variant(a.src, name, a.n_ssod, json.loads(js))
-    if a.record or a.variant:
-        summarise(a.src, tuple(a.extra))
+    if a.record or a.variant:  # after training only print the summary; --record writes RESULTS.md
+        summarise(a.src, tuple(a.extra), write=a.record)
 
 
 if __name__ == "__main__":

@@ -198,6 +198,10 @@ def summarise(project: Path, data: str, partial: bool = False) -> None:
         lines.append(f"- ratio across seeds {statistics.mean(ratios):.2f} +- {statistics.stdev(ratios):.2f}")
     lines.append(f"- runs in {project}; command: python -m benchmarks.ssod_gain --data {data} --seed S [--full] "
                  f"--project {project}, then --record")
+    if not parts:  # no seed has all its arms yet: keep the section RESULTS.md already holds
+        print(f"ssod_gain ({data}): no seed with finished ssod10 and ctrl10 runs in {project}; nothing recorded",
+              flush=True)
+        return
     line = (f"ssod_gain ({data}): {'; '.join(parts)}; sup100 {f:.3f} (mAP50-95, n); "
             f"target {'met' if ok and parts else 'NOT met'}")
     record(f"ssod_gain ({data})", line, "\n".join(lines))

@@ -42,9 +42,11 @@ def test_variants_share_the_burn_in_and_are_summarised(src_run, tmp_path, monkey
     assert set(both) == {"control", "obj", "ssod10_s0"} and both["ssod10_s0"]["overrides"] == {}
     assert both["ssod10_s0"]["rows"][0] == runs["control"]["rows"][0]
     monkeypatch.setattr(common, "RESULTS", tmp_path / "RESULTS.md")
+    ssod_ablation.summarise(src_run, write=False)  # after training: printed, not recorded
+    assert not (tmp_path / "RESULTS.md").exists()
     ssod_ablation.summarise(src_run)
     text = (tmp_path / "RESULTS.md").read_text()
-    assert "## ssod_ablation (runs)" in text and "vs control" in text
+    assert f"## ssod_ablation (runs, {src_run.name})" in text and "vs control" in text
     # ssod_gain's supervised 10% arm defaults to the burn-in of the SSOD run: its validations up to the hand-over
     sup = ssod_gain.sup10_rows(src_run.parent, 0)
     assert [r["epoch"] for r in sup] == [1]
@@ -83,6 +85,11 @@ def test_ssod_gain_partial_record_compares_equal_iterations(src_run, tmp_path, m
     per_val = re.search(r"SSOD - control per validation after hand-over: (.*)", text).group(1)
     assert ctrl_at <= last and all(int(x.split(":")[0]) <= last for x in per_val.split(", "))
     assert int(rows(project / "ctrl10_s0")[-1]["train/iterations"]) > last  # the control did run further
+    # an invocation that trained one arm (--arms ssod) while the other is unfinished keeps the section it has
+    (project / "ssod10_s0" / "done.json").write_text("{}")
+    (project / "ctrl10_s0" / "done.json").unlink(missing_ok=True)
+    ssod_gain.summarise(project, "tiny")
+    assert (tmp_path / "RESULTS.md").read_text() == text
 
 
 def test_ssod_gain_targets_per_dataset():
