@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.branch import branch, rows, wall_s
+from benchmarks.ssod_gain import band
 
 MAP = "metrics/mAP50-95"
 PSEUDO = ("pseudo/precision", "pseudo/precision_agnostic", "pseudo/recall", "pseudo/reliable", "pseudo/uncertain")
@@ -62,6 +63,16 @@ def table(src: Path, extra: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
     return out
 
 
+def versus(run: list[dict[str, float]], ref: list[dict[str, float]]) -> tuple[float, float, float, int]:
+    """A variant against a reference run from the same burn-in state, validation by validation (same epoch; the
+    shared hand-over row excluded): (mean, min, max of run - ref mAP50-95, validations compared)."""
+    at = {r["epoch"]: r[MAP] for r in ref[1:]}
+    d = [r[MAP] - at[r["epoch"]] for r in run[1:] if r["epoch"] in at]
+    if not d:
+        return float("nan"), float("nan"), float("nan"), 0
+    return sum(d) / len(d), min(d), max(d), len(d)
+
+
 def summarise(src: Path, extra: tuple[Path, ...] = (), write: bool = True) -> None:
     from benchmarks.common import record
 
@@ -71,17 +82,27 @@ def summarise(src: Path, extra: tuple[Path, ...] = (), write: bool = True) -> No
     ctrl = next((r for r in runs if r["overrides"].get("ssod.lambda_u") == 0.0), None)
     n = min(len(r["rows"]) for r in runs)
     start = runs[0]["rows"][0]
-    parts, details = [], []
+    # the default (a run without overrides, e.g. the source via --with) is what each variant must beat
+    ref = next((r for r in runs if not r["overrides"]), ctrl)
+    parts, details, best_lines = [], [], []
     for r in runs:
         end = r["rows"][n - 1]
         vs = f" ({end[MAP] - ctrl['rows'][n - 1][MAP]:+.3f} vs control)" if ctrl and r is not ctrl else ""
         parts.append(f"{r['name']} {end[MAP]:.3f}{vs}")
+        top = max(x[MAP] for x in r["rows"][1:] or r["rows"])
+        cmp = ""
+        if ref and r is not ref:
+            mean, lo, hi, k = versus(r["rows"], ref["rows"])
+            cmp = f", vs {ref['name']} per validation {mean:+.4f} ({lo:+.4f}..{hi:+.4f}, {k} validations)"
+        best_lines.append(f"{r['name']} best {top:.4f}, band {band(r['rows'], 10):.4f}{cmp}")
         prec = ", ".join(f"{x.get(PSEUDO[0], 0):.2f}/{x.get(PSEUDO[1], 0):.2f}" for x in r["rows"][1:n])
         per = ", ".join(f"{x.get(PSEUDO[3], 0):.1f}/{x.get(PSEUDO[4], 0):.1f}" for x in r["rows"][1:n])
         details.append(f"- {r['name']} {json.dumps(r['overrides'])}: mAP50-95 per SSOD epoch "
                        + " -> ".join(f"{x[MAP]:.3f}" for x in r["rows"][:n])
                        + (f"; reliable pseudo precision class/agnostic {prec}; reliable/uncertain per image {per}"
                           if r is not ctrl else "") + f"; {r['min']:.0f} min")
+    details.insert(0, "- best mAP50-95 after the hand-over, noise band (spread of the last 10 validations) and the "
+                   "difference to the default at the same validation: " + "; ".join(best_lines))
     details.append(f"- source: {src} (burn-in state at epoch {_burn(src)}, iteration "
                    f"{int(start.get('train/iterations', 0))}); command in the module docstring")
     line = (f"ssod_ablation ({src.name}): hand-over {start[MAP]:.3f} mAP50-95; after {n - 1} SSOD epochs: "
