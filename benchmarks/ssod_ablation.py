@@ -73,7 +73,9 @@ def versus(run: list[dict[str, float]], ref: list[dict[str, float]]) -> tuple[fl
     return sum(d) / len(d), min(d), max(d), len(d)
 
 
-def summarise(src: Path, extra: tuple[Path, ...] = (), write: bool = True) -> None:
+def summarise(src: Path, extra: tuple[Path, ...] = (), write: bool = True, label: str = "") -> None:
+    """Print, or with ``write`` record, the variants of one burn-in state; ``label`` names a further section of the
+    same state (e.g. a later ablation from a re-run burn-in), so it does not replace the first one's record."""
     from benchmarks.common import record
 
     runs = table(src, extra)
@@ -111,7 +113,8 @@ def summarise(src: Path, extra: tuple[Path, ...] = (), write: bool = True) -> No
         print(line, flush=True)
         return
     # one section per burn-in state: a second source (another seed) must not replace the first one's record
-    record(f"ssod_ablation ({src.parent.name}, {src.name})", line, "\n".join(details))
+    section = ", ".join(x for x in (src.parent.name, src.name, label) if x)
+    record(f"ssod_ablation ({section})", line, "\n".join(details))
 
 
 def main() -> None:
@@ -122,12 +125,13 @@ def main() -> None:
     ap.add_argument("--record", action="store_true", help="summarise the variants into RESULTS.md")
     ap.add_argument("--with", dest="extra", type=Path, nargs="*", default=[],
                     help="other runs from the same burn-in to compare with (e.g. the source and ssod_gain's ctrl10_s0)")
+    ap.add_argument("--label", default="", help="RESULTS.md section suffix, for another ablation of a same-named source")
     a = ap.parse_args()
     for v in a.variant:
         name, js = v.split(":", 1)
         run_variant(a.src, name, a.n_ssod, json.loads(js))
     if a.record or a.variant:  # after training only print the summary; --record writes RESULTS.md
-        summarise(a.src, tuple(a.extra), write=a.record)
+        summarise(a.src, tuple(a.extra), write=a.record, label=a.label)
 
 
 if __name__ == "__main__":

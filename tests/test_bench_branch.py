@@ -49,6 +49,9 @@ def test_variants_share_the_burn_in_and_are_summarised(src_run, tmp_path, monkey
     assert f"## ssod_ablation (runs, {src_run.name})" in text and "vs control" in text
     ssod_ablation.summarise(src_run, (src_run,))  # with the default: each variant against it, per validation
     assert "vs ssod10_s0 per validation" in (tmp_path / "RESULTS.md").read_text()
+    ssod_ablation.summarise(src_run, label="rerun")  # a labelled section beside, not over, the first one
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert f"## ssod_ablation (runs, {src_run.name})" in text and f"## ssod_ablation (runs, {src_run.name}, rerun)" in text
     # ssod_gain's supervised 10% arm defaults to the burn-in of the SSOD run: its validations up to the hand-over
     sup = ssod_gain.sup10_rows(src_run.parent, 0)
     assert [r["epoch"] for r in sup] == [1]
