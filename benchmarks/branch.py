@@ -91,12 +91,25 @@ def branch(src: Path, dst: Path, overrides: dict[str, Any], base: Any, epochs: i
 
 
 def _track(run_dir: Path, t0: float, prior: float, fn: Any) -> None:
+    """Run ``fn`` and keep the run's wall time across kills: SIGTERM (``kill``, ``pkill``) exits through
+    ``finally`` so elapsed.json is written, as it is for Ctrl-C."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _exit_on_term) if main else None
     try:
         fn()
     finally:
+        if main:
+            signal.signal(signal.SIGTERM, before)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "elapsed.json").write_text(json.dumps({"wall_s": prior + time.time() - t0}))
     _finish(run_dir, t0, prior)
+
+
+def _exit_on_term(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def rows(run_dir: Path) -> list[dict[str, float]]:

@@ -58,8 +58,10 @@ def table(src: Path, extra: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
         rs = [r for r in rows(run) if r["epoch"] >= burn]
         ov = run / "overrides.json"
         if rs:
+            # training minutes after the hand-over from results.csv: they survive a kill, the wall time may not
+            train_min = sum(r.get("time", 0.0) for r in rs[1:]) / 60
             out.append({"name": run.name, "overrides": json.loads(ov.read_text()) if ov.is_file() else {}, "rows": rs,
-                        "min": wall_s(run) / 60})
+                        "min": wall_s(run) / 60, "train_min": train_min})
     return out
 
 
@@ -71,6 +73,12 @@ def versus(run: list[dict[str, float]], ref: list[dict[str, float]]) -> tuple[fl
     if not d:
         return float("nan"), float("nan"), float("nan"), 0
     return sum(d) / len(d), min(d), max(d), len(d)
+
+
+def _minutes(run: dict[str, Any]) -> str:
+    """Training minutes of the SSOD epochs (validation not included), and the wall time where it was kept."""
+    wall = f", {run['min']:.0f} min wall" if run["min"] >= run["train_min"] > 0 else ""
+    return f"{run['train_min']:.0f} min training{wall}"
 
 
 def summarise(src: Path, extra: tuple[Path, ...] = (), write: bool = True, label: str = "") -> None:
@@ -102,7 +110,7 @@ def summarise(src: Path, extra: tuple[Path, ...] = (), write: bool = True, label
         details.append(f"- {r['name']} {json.dumps(r['overrides'])}: mAP50-95 per SSOD epoch "
                        + " -> ".join(f"{x[MAP]:.3f}" for x in r["rows"][:n])
                        + (f"; reliable pseudo precision class/agnostic {prec}; reliable/uncertain per image {per}"
-                          if r is not ctrl else "") + f"; {r['min']:.0f} min")
+                          if r is not ctrl else "") + f"; {_minutes(r)}")
     details.insert(0, "- best mAP50-95 after the hand-over, noise band (spread of the last 10 validations) and the "
                    "difference to the default at the same validation: " + "; ".join(best_lines))
     details.append(f"- source: {src} (burn-in state at epoch {_burn(src)}, iteration "

@@ -118,3 +118,28 @@ def test_ablation_versus_the_default_per_validation():
     mean, lo, hi, n = versus(run, ref)
     assert n == 2 and lo == pytest.approx(-0.01) and hi == pytest.approx(0.01) and mean == pytest.approx(0.0)
     assert versus(run[:1], ref)[3] == 0
+
+
+def test_a_killed_run_keeps_its_wall_time(tmp_path):
+    """SIGTERM (pkill of a benchmark) exits through finally: elapsed.json is written and resume adds to it."""
+    import json
+    import os
+    import signal
+
+    from benchmarks.branch import _track, wall_s
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as e:
+        _track(tmp_path, 0.0, 5.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    assert e.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) == before  # the caller's handler is back
+    assert not (tmp_path / "done.json").exists()
+    assert json.loads((tmp_path / "elapsed.json").read_text())["wall_s"] > 5.0
+    assert wall_s(tmp_path) > 5.0
+
+
+def test_ablation_minutes_survive_a_lost_wall_time():
+    from benchmarks.ssod_ablation import _minutes
+
+    assert _minutes({"min": 0.0, "train_min": 79.6}) == "80 min training"
+    assert _minutes({"min": 95.0, "train_min": 79.6}) == "80 min training, 95 min wall"
