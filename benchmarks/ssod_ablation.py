@@ -65,11 +65,26 @@ def table(src: Path, extra: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
     return out
 
 
+def _at(r: dict[str, float]) -> float:
+    """Where a validation sits: its optimizer iteration (epochs of variants may differ in length, e.g. a larger
+    unlabeled batch), or its epoch in results.csv files without the iteration column."""
+    return r.get("train/iterations", r["epoch"])
+
+
+def value_at(rows: list[dict[str, float]], at: float) -> float:
+    """mAP50-95 of a run at iteration ``at``, linear between its two nearest validations; NaN outside its range."""
+    for a, b in zip(rows, rows[1:]):
+        if _at(a) <= at <= _at(b):
+            w = (at - _at(a)) / (_at(b) - _at(a)) if _at(b) > _at(a) else 0.0
+            return a[MAP] + w * (b[MAP] - a[MAP])
+    return rows[0][MAP] if len(rows) == 1 and _at(rows[0]) == at else float("nan")
+
+
 def versus(run: list[dict[str, float]], ref: list[dict[str, float]]) -> tuple[float, float, float, int]:
-    """A variant against a reference run from the same burn-in state, validation by validation (same epoch; the
-    shared hand-over row excluded): (mean, min, max of run - ref mAP50-95, validations compared)."""
-    at = {r["epoch"]: r[MAP] for r in ref[1:]}
-    d = [r[MAP] - at[r["epoch"]] for r in run[1:] if r["epoch"] in at]
+    """A variant against a reference run from the same burn-in state, validation by validation at the same
+    iteration (the reference interpolated where its validations fall elsewhere; the shared hand-over row and
+    iterations beyond the reference's last excluded): (mean, min, max of run - ref mAP50-95, validations compared)."""
+    d = [r[MAP] - v for r in run[1:] if (v := value_at(ref, _at(r))) == v]
     if not d:
         return float("nan"), float("nan"), float("nan"), 0
     return sum(d) / len(d), min(d), max(d), len(d)
@@ -90,32 +105,38 @@ def summarise(src: Path, extra: tuple[Path, ...] = (), write: bool = True, label
     if not runs:
         raise SystemExit(f"no variants under {src}-abl")
     ctrl = next((r for r in runs if r["overrides"].get("ssod.lambda_u") == 0.0), None)
-    n = min(len(r["rows"]) for r in runs)
+    # compare at the last iteration every run reached: variants' SSOD epochs may differ in iterations
+    end_at = min(_at(r["rows"][-1]) for r in runs)
+    same_grid = len({tuple(_at(x) for x in r["rows"] if _at(x) <= end_at) for r in runs}) == 1
     start = runs[0]["rows"][0]
     # the default (a run without overrides, e.g. the source via --with) is what each variant must beat
     ref = next((r for r in runs if not r["overrides"]), ctrl)
     parts, details, best_lines = [], [], []
     for r in runs:
-        end = r["rows"][n - 1]
-        vs = f" ({end[MAP] - ctrl['rows'][n - 1][MAP]:+.3f} vs control)" if ctrl and r is not ctrl else ""
-        parts.append(f"{r['name']} {end[MAP]:.3f}{vs}")
+        shown = [x for x in r["rows"] if _at(x) <= end_at]
+        end = value_at(r["rows"], end_at)
+        vs = f" ({end - value_at(ctrl['rows'], end_at):+.3f} vs control)" if ctrl and r is not ctrl else ""
+        parts.append(f"{r['name']} {end:.3f}{vs}")
         top = max(x[MAP] for x in r["rows"][1:] or r["rows"])
         cmp = ""
         if ref and r is not ref:
             mean, lo, hi, k = versus(r["rows"], ref["rows"])
             cmp = f", vs {ref['name']} per validation {mean:+.4f} ({lo:+.4f}..{hi:+.4f}, {k} validations)"
         best_lines.append(f"{r['name']} best {top:.4f}, band {band(r['rows'], 10):.4f}{cmp}")
-        prec = ", ".join(f"{x.get(PSEUDO[0], 0):.2f}/{x.get(PSEUDO[1], 0):.2f}" for x in r["rows"][1:n])
-        per = ", ".join(f"{x.get(PSEUDO[3], 0):.1f}/{x.get(PSEUDO[4], 0):.1f}" for x in r["rows"][1:n])
-        details.append(f"- {r['name']} {json.dumps(r['overrides'])}: mAP50-95 per SSOD epoch "
-                       + " -> ".join(f"{x[MAP]:.3f}" for x in r["rows"][:n])
+        prec = ", ".join(f"{x.get(PSEUDO[0], 0):.2f}/{x.get(PSEUDO[1], 0):.2f}" for x in shown[1:])
+        per = ", ".join(f"{x.get(PSEUDO[3], 0):.1f}/{x.get(PSEUDO[4], 0):.1f}" for x in shown[1:])
+        per_it = "" if same_grid else f" ({int(_at(shown[1]) - _at(shown[0])) if len(shown) > 1 else 0} iterations each)"
+        details.append(f"- {r['name']} {json.dumps(r['overrides'])}: mAP50-95 per SSOD epoch{per_it} "
+                       + " -> ".join(f"{x[MAP]:.3f}" for x in shown)
                        + (f"; reliable pseudo precision class/agnostic {prec}; reliable/uncertain per image {per}"
                           if r is not ctrl else "") + f"; {_minutes(r)}")
     details.insert(0, "- best mAP50-95 after the hand-over, noise band (spread of the last 10 validations) and the "
                    "difference to the default at the same validation: " + "; ".join(best_lines))
     details.append(f"- source: {src} (burn-in state at epoch {_burn(src)}, iteration "
                    f"{int(start.get('train/iterations', 0))}); command in the module docstring")
-    line = (f"ssod_ablation ({src.name}): hand-over {start[MAP]:.3f} mAP50-95; after {n - 1} SSOD epochs: "
+    n_ssod = len([x for x in runs[0]["rows"] if _at(x) <= end_at]) - 1
+    after = f"{n_ssod} SSOD epochs" if same_grid else f"{int(end_at - _at(start))} SSOD iterations"
+    line = (f"ssod_ablation ({src.name}): hand-over {start[MAP]:.3f} mAP50-95; after {after}: "
             + ", ".join(parts))
     if not write:
         print(line, flush=True)

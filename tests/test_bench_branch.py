@@ -120,6 +120,22 @@ def test_ablation_versus_the_default_per_validation():
     assert versus(run[:1], ref)[3] == 0
 
 
+def test_ablation_compares_equal_iterations_when_epochs_differ():
+    """A variant with half-length SSOD epochs (unlabeled_ratio 2) is compared with the default at the same
+    optimizer iteration, the default interpolated between its validations, not at the same epoch number."""
+    from benchmarks.ssod_ablation import MAP, value_at, versus
+
+    it = "train/iterations"
+    ref = [{"epoch": 10, it: 100, MAP: 0.40}, {"epoch": 11, it: 130, MAP: 0.43}, {"epoch": 12, it: 160, MAP: 0.46}]
+    run = [{"epoch": 10, it: 100, MAP: 0.40}, {"epoch": 11, it: 115, MAP: 0.42}, {"epoch": 12, it: 130, MAP: 0.44},
+           {"epoch": 13, it: 145, MAP: 0.44}, {"epoch": 14, it: 160, MAP: 0.46}, {"epoch": 15, it: 175, MAP: 0.9}]
+    assert value_at(ref, 115) == pytest.approx(0.415) and value_at(ref, 160) == pytest.approx(0.46)
+    assert value_at(ref, 175) != value_at(ref, 175)  # beyond the reference: NaN, not extrapolated
+    mean, lo, hi, n = versus(run, ref)
+    assert n == 4 and lo == pytest.approx(-0.005) and hi == pytest.approx(0.01)
+    assert mean == pytest.approx((0.005 + 0.01 - 0.005 + 0.0) / 4)
+
+
 def test_a_killed_run_keeps_its_wall_time(tmp_path):
     """SIGTERM (pkill of a benchmark) exits through finally: elapsed.json is written and resume adds to it."""
     import json
