@@ -243,6 +243,13 @@ def check_train_config(cfg: TrainConfig, nproc: int = 1) -> TrainConfig:
         problems.append(p)
     if problems:
         raise ConfigError("\n".join(problems))
+    if cfg.ssod.flip_teacher and not cfg.supervised and cfg.resume is None and cfg.aug.fliplr == 0:
+        from effteacher.utils.console import warn
+
+        warn("cfg ssod.flip_teacher averages the teacher over mirror images, but aug.fliplr is 0 (data that is not "
+             "mirror-symmetric, e.g. digits or text): the teacher never saw mirrored objects and its pseudo labels get "
+             "worse (-0.011 mAP50-95 on the bundled sample); set ssod.flip_teacher: false, or aug.fliplr above 0 if "
+             "your objects may appear mirrored")
     new = round_imgsz(cfg.imgsz)
     return cfg if new == cfg.imgsz else replace(cfg, imgsz=new)
 
