@@ -119,7 +119,6 @@ def test_imgsz_rounded_up_to_the_stride_with_a_message(capsys):
     assert capsys.readouterr().err == ""
 
 
-
 def test_flip_ensemble_on_unflipped_data_warns(capsys):
     flip = {"ssod.flip_teacher": True}
     check_train_config(replace(TrainConfig(), **flip, **{"aug.fliplr": 0.0}))
@@ -128,6 +127,7 @@ def test_flip_ensemble_on_unflipped_data_warns(capsys):
     check_train_config(replace(TrainConfig(), **flip, supervised=True, **{"aug.fliplr": 0.0}))  # no teacher
     check_train_config(replace(TrainConfig(), **{"aug.fliplr": 0.0}))  # the default keeps the ensemble off
     assert capsys.readouterr().err == ""
+
 
 @pytest.mark.parametrize("args, message", [
     (["predict", "x.jpg", "--weights", "w.pt", "--conf", "2"], "--conf 2.0: must be a number >= 0 and <= 1"),
