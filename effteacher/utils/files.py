@@ -84,7 +84,7 @@ class RunLock:
                 os.close(fd)
                 raise RunFolderBusyError(
                     f"{self.folder} is in use by another run (PID {self._holder()}); wait for it to finish, "
-                    "or write to another folder (--name)") from None
+                    "or choose another folder") from None
             except OSError:  # a file system without locks: go on unlocked
                 os.close(fd)
                 return self
