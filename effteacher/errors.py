@@ -23,3 +23,7 @@ class ExportError(EffTeacherError):
 
 class DeviceError(EffTeacherError):
     """The requested device is not available."""
+
+
+class RunFolderBusyError(EffTeacherError):
+    """Another run (a live process) holds the run folder this command asked for."""

@@ -93,10 +93,12 @@ def test_sigkill_then_resume_completes(tiny_data, tmp_path):
     done = len(_rows(run))
     assert done < 4
     torch.load(run / "weights/last.pt", weights_only=True)  # never a broken file
+    assert (run / ".lock").is_file()  # the killed run's lock file stays, unlocked: it must not block --resume
     res = subprocess.run([sys.executable, "-m", "effteacher", "train", "--resume", str(run), "--workers", "0"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert [int(r["epoch"]) for r in _rows(run)] == [1, 2, 3, 4]
+    assert not (run / ".lock").exists()
 
 
 def test_ddp_gloo_two_processes(tiny_data, tmp_path):

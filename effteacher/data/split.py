@@ -300,13 +300,13 @@ def run_split(data: str, labeled: str, seed: int, project: str | Path = "runs/sp
     from effteacher.data.dataset import scan_labeled
     from effteacher.data.spec import load_spec
     from effteacher.utils.console import console
-    from effteacher.utils.files import increment_path
+    from effteacher.utils.files import run_folder
 
     spec = load_spec(data)
     scan = scan_labeled(spec.train, spec.names)
     split = build_split(scan.records, labeled, seed, nc=spec.nc, root=spec.root)
-    out = increment_path(project, name, exist_ok=exist_ok)
-    write_split(split, scan.records, out, spec.names)
+    with run_folder(project, name, exist_ok) as out:
+        write_split(split, scan.records, out, spec.names)
     t = Table(title=f"Split of {spec.yaml_path}: --labeled {labeled} --seed {seed}")
     for col in ("Class", "Labeled images", "Images", "Labeled instances", "Instances"):
         t.add_column(col, justify="left" if col == "Class" else "right")

@@ -237,7 +237,7 @@ def run_val(
     from effteacher.data.spec import load_spec
     from effteacher.export.runtime import load_backend
     from effteacher.utils.console import info
-    from effteacher.utils.files import increment_path
+    from effteacher.utils.files import run_folder
 
     if split not in ("val", "test", "train"):
         raise ConfigError(f"--split {split!r} is unknown; use val or test")
@@ -252,9 +252,9 @@ def run_val(
                            f"{spec.yaml_path or data} has {len(spec.names)} {spec.names}; use matching weights")
     records = scan_labeled(sources, spec.names).records
     size = imgsz or max(backend.imgsz)
-    save_dir = increment_path(project, name, exist_ok)
-    ev = Evaluator(records, spec.names, size, batch, workers, conf, iou, backend.device, half=half)
-    result = ev.run(backend, save_dir=save_dir, plots=True)
+    with run_folder(project, name, exist_ok) as save_dir:
+        ev = Evaluator(records, spec.names, size, batch, workers, conf, iou, backend.device, half=half)
+        result = ev.run(backend, save_dir=save_dir, plots=True)
     sp = result.speed
     shape = f"({batch}, 3, {size}, {size})"
     info(f"Speed: {sp['preprocess']:.1f}ms pre-process, {sp['inference']:.1f}ms inference, "

@@ -86,7 +86,8 @@ def ap_per_class(
     (YOLOv5). Returns dict with p, r, f1 (nc,), ap (nc, T), px (1000,) confidence grid,
     py (nc, 1000) precision on a recall grid px (for the PR curve), n_gt (nc,).
     """
-    tp = np.asarray(tp, dtype=bool).reshape(len(conf), -1)
+    tp = np.asarray(tp, dtype=bool)
+    tp = tp.reshape(len(conf), tp.shape[-1] if tp.ndim == 2 else (1 if tp.size else len(IOU_THRESHOLDS)))
     order = np.argsort(-np.asarray(conf), kind="stable")
     tp, conf, pred_cls = tp[order], np.asarray(conf)[order], np.asarray(pred_cls)[order]
     n_gt = np.bincount(np.asarray(target_cls, dtype=np.int64), minlength=nc)[:nc]

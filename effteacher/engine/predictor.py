@@ -197,54 +197,54 @@ def run_predict(
     from rich.markup import escape
 
     from effteacher.utils.console import info, warn
-    from effteacher.utils.files import increment_path, unique_name
+    from effteacher.utils.files import run_folder, unique_name
 
     files = find_sources(source)
     det = Detector(weights, device=device, conf=conf, iou=iou, imgsz=imgsz, max_det=max_det)
-    save_dir = increment_path(project, name, exist_ok)
-    if save_txt:
-        (save_dir / "labels").mkdir(parents=True, exist_ok=True)
-    used: set[str] = set()
-    records: list[dict[str, Any]] = []
-    times = np.zeros(3)
-    n_done = n_labels = 0
-    for i, f in enumerate(files):
-        try:
-            img, _ = _read(f)
-        except DatasetError as e:
-            warn(str(e))
-            continue
-        d = det.predict_one(img)
-        d.path = str(f)
-        times += (d.speed["preprocess"], d.speed["inference"], d.speed["nms"])
-        n_done += 1
-        out_name = unique_name(f.name, used)
-        counts = np.bincount(d.classes, minlength=len(det.names)) if len(d) else np.zeros(0, np.int64)
-        summary = ", ".join(f"{n} {det.names[c]}" for c, n in enumerate(counts.tolist()) if n) or "no detections"
-        info(escape(f"image {i + 1}/{len(files)} {f}: {d.shape[0]}x{d.shape[1]} {summary}, "
-                    f"{d.speed['inference']:.1f}ms"))
-        if save_images:
-            cv2.imwrite(str(save_dir / out_name), draw_detections(img, d))
-        if save_txt and len(d):
-            (save_dir / "labels" / f"{Path(out_name).stem}.txt").write_text("\n".join(label_lines(d)) + "\n")
-            n_labels += 1
+    with run_folder(project, name, exist_ok) as save_dir:
+        if save_txt:
+            (save_dir / "labels").mkdir(parents=True, exist_ok=True)
+        used: set[str] = set()
+        records: list[dict[str, Any]] = []
+        times = np.zeros(3)
+        n_done = n_labels = 0
+        for i, f in enumerate(files):
+            try:
+                img, _ = _read(f)
+            except DatasetError as e:
+                warn(str(e))
+                continue
+            d = det.predict_one(img)
+            d.path = str(f)
+            times += (d.speed["preprocess"], d.speed["inference"], d.speed["nms"])
+            n_done += 1
+            out_name = unique_name(f.name, used)
+            counts = np.bincount(d.classes, minlength=len(det.names)) if len(d) else np.zeros(0, np.int64)
+            summary = ", ".join(f"{n} {det.names[c]}" for c, n in enumerate(counts.tolist()) if n) or "no detections"
+            info(escape(f"image {i + 1}/{len(files)} {f}: {d.shape[0]}x{d.shape[1]} {summary}, "
+                        f"{d.speed['inference']:.1f}ms"))
+            if save_images:
+                cv2.imwrite(str(save_dir / out_name), draw_detections(img, d))
+            if save_txt and len(d):
+                (save_dir / "labels" / f"{Path(out_name).stem}.txt").write_text("\n".join(label_lines(d)) + "\n")
+                n_labels += 1
+            if save_json:
+                wh = d.boxes[:, 2:] - d.boxes[:, :2]
+                records += [{"image_id": Path(out_name).stem, "file_name": str(f), "category_id": int(c),
+                             "name": det.names[int(c)], "bbox": [round(float(b[0]), 3), round(float(b[1]), 3),
+                                                                 round(float(s[0]), 3), round(float(s[1]), 3)],
+                             "score": round(float(p), 5)} for b, s, c, p in zip(d.boxes, wh, d.classes, d.scores)]
+        if n_done == 0:
+            raise DatasetError(f"none of the {len(files)} images in '{source}' could be read")
         if save_json:
-            wh = d.boxes[:, 2:] - d.boxes[:, :2]
-            records += [{"image_id": Path(out_name).stem, "file_name": str(f), "category_id": int(c),
-                         "name": det.names[int(c)], "bbox": [round(float(b[0]), 3), round(float(b[1]), 3),
-                                                             round(float(s[0]), 3), round(float(s[1]), 3)],
-                         "score": round(float(p), 5)} for b, s, c, p in zip(d.boxes, wh, d.classes, d.scores)]
-    if n_done == 0:
-        raise DatasetError(f"none of the {len(files)} images in '{source}' could be read")
-    if save_json:
-        (save_dir / "predictions.json").write_text(json.dumps(records))
-    sp = times / n_done
-    h, w = det.imgsz
-    info(f"Speed: {sp[0]:.1f}ms pre-process, {sp[1]:.1f}ms inference, {sp[2]:.1f}ms NMS per image "
-         f"at shape (1, 3, {h}, {w})")
-    extra = f", {n_labels} label files in {save_dir / 'labels'}" if save_txt else ""
-    info(escape(f"Results saved to {save_dir}{extra}"))
-    return save_dir
+            (save_dir / "predictions.json").write_text(json.dumps(records))
+        sp = times / n_done
+        h, w = det.imgsz
+        info(f"Speed: {sp[0]:.1f}ms pre-process, {sp[1]:.1f}ms inference, {sp[2]:.1f}ms NMS per image "
+             f"at shape (1, 3, {h}, {w})")
+        extra = f", {n_labels} label files in {save_dir / 'labels'}" if save_txt else ""
+        info(escape(f"Results saved to {save_dir}{extra}"))
+        return save_dir
 
 
 __all__: Sequence[str] = ("Detector", "Detections", "run_predict", "find_sources", "label_lines", "draw_detections")

@@ -174,7 +174,7 @@ def run_pseudo(
     from effteacher.engine.teacher_pass import OBJ, PROBS, SCORE, PassConfig, load_model, teacher_pass
     from effteacher.ssod.active import image_uncertainty
     from effteacher.utils.console import info
-    from effteacher.utils.files import atomic_write_text, increment_path, unique_name
+    from effteacher.utils.files import atomic_write_text, run_folder, unique_name
 
     files = resolve_source(source)
     if save_to_dataset:
@@ -188,52 +188,52 @@ def run_pseudo(
                      iou=float(iou if iou is not None else ssod.get("nms_iou", 0.65)),
                      agnostic=bool(ssod.get("agnostic_nms", False)), max_det=max_det, flip=flip, batch=batch,
                      workers=workers)
-    out = increment_path(project, name, exist_ok)
-    (out / "labels").mkdir(parents=True, exist_ok=True)
-    used: set[str] = set()
-    rows: list[dict[str, Any]] = []
-    images: list[dict[str, Any]] = []
-    anns: list[dict[str, Any]] = []
-    for pred in teacher_pass(model, [str(f) for f in files], cfg):
-        status = box_status(pred.dets, rule)
-        keep = status > BELOW
-        d, st = pred.dets[keep], status[keep]
-        rel = d[st == RELIABLE]
-        out_name = unique_name(Path(pred.path).name, used)
-        text = "".join(line + "\n" for line in yolo_lines(rel, pred.shape))
-        label_file = out / "labels" / f"{Path(out_name).stem}.txt"
-        atomic_write_text(label_file, text)
-        if save_to_dataset:
-            label_file = img2label_path(pred.path)
-            _write_new(label_file, text)
-        img_id = len(images) + 1
-        h, w = pred.shape
-        images.append({"id": img_id, "file_name": out_name, "width": int(w), "height": int(h), "path": pred.path})
-        for det, s in zip(d.tolist(), st.tolist()):
-            x1, y1, x2, y2 = det[:4]
-            anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": int(det[5]) + 1,
-                         "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                         "area": round((x2 - x1) * (y2 - y1), 2), "iscrowd": 0, "score": round(det[SCORE], 5),
-                         "attributes": {"pseudo": STATUS_NAME[s]}})
-        u = image_uncertainty(d[:, PROBS:], d[:, OBJ])
-        unc = d[st == UNCERTAIN]
-        rows.append({"image": pred.path, "label_file": str(label_file), "n_reliable": int((st == RELIABLE).sum()),
-                     "n_uncertain": int((st == UNCERTAIN).sum()), **{k: round(v, 5) for k, v in u.items()},
-                     "min_reliable_score": round(float(rel[:, SCORE].min()), 5) if len(rel) else "",
-                     "max_uncertain_score": round(float(unc[:, SCORE].max()), 5) if len(unc) else ""})
-    if not rows:
-        raise DatasetError(f"none of the {len(files)} images of '{source}' could be read")
-    rows.sort(key=lambda r: (-r["uncertainty"], -r["n_uncertain"], r["image"]))
-    with open(out / "review.csv", "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=REVIEW_COLUMNS)
-        wr.writeheader()
-        for i, r in enumerate(rows, 1):
-            wr.writerow({"rank": i, **{k: r[k] for k in REVIEW_COLUMNS if k != "rank"}})
-    atomic_write_text(out / "pseudo_labels.json", json.dumps(coco_document(images, anns, names)))
-    n_rel, n_unc = sum(r["n_reliable"] for r in rows), sum(r["n_uncertain"] for r in rows)
-    info(escape(f"{len(rows)} images: {n_rel} reliable boxes (in labels/*.txt), {n_unc} uncertain (only in "
-                f"pseudo_labels.json); thresholds: {rule.source}, tau2 mean {rule.tau2.mean():.3f}, "
-                f"tau1 mean {rule.tau1.mean():.3f}{', flip ensemble' if flip else ''}"))
-    where = f"; labels also written beside the images ({len(rows)} new files)" if save_to_dataset else ""
-    info(escape(f"Results saved to {out} (labels/, pseudo_labels.json, review.csv: look at the first rows first){where}"))
-    return out
+    with run_folder(project, name, exist_ok) as out:
+        (out / "labels").mkdir(parents=True, exist_ok=True)
+        used: set[str] = set()
+        rows: list[dict[str, Any]] = []
+        images: list[dict[str, Any]] = []
+        anns: list[dict[str, Any]] = []
+        for pred in teacher_pass(model, [str(f) for f in files], cfg):
+            status = box_status(pred.dets, rule)
+            keep = status > BELOW
+            d, st = pred.dets[keep], status[keep]
+            rel = d[st == RELIABLE]
+            out_name = unique_name(Path(pred.path).name, used)
+            text = "".join(line + "\n" for line in yolo_lines(rel, pred.shape))
+            label_file = out / "labels" / f"{Path(out_name).stem}.txt"
+            atomic_write_text(label_file, text)
+            if save_to_dataset:
+                label_file = img2label_path(pred.path)
+                _write_new(label_file, text)
+            img_id = len(images) + 1
+            h, w = pred.shape
+            images.append({"id": img_id, "file_name": out_name, "width": int(w), "height": int(h), "path": pred.path})
+            for det, s in zip(d.tolist(), st.tolist()):
+                x1, y1, x2, y2 = det[:4]
+                anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": int(det[5]) + 1,
+                             "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                             "area": round((x2 - x1) * (y2 - y1), 2), "iscrowd": 0, "score": round(det[SCORE], 5),
+                             "attributes": {"pseudo": STATUS_NAME[s]}})
+            u = image_uncertainty(d[:, PROBS:], d[:, OBJ])
+            unc = d[st == UNCERTAIN]
+            rows.append({"image": pred.path, "label_file": str(label_file), "n_reliable": int((st == RELIABLE).sum()),
+                         "n_uncertain": int((st == UNCERTAIN).sum()), **{k: round(v, 5) for k, v in u.items()},
+                         "min_reliable_score": round(float(rel[:, SCORE].min()), 5) if len(rel) else "",
+                         "max_uncertain_score": round(float(unc[:, SCORE].max()), 5) if len(unc) else ""})
+        if not rows:
+            raise DatasetError(f"none of the {len(files)} images of '{source}' could be read")
+        rows.sort(key=lambda r: (-r["uncertainty"], -r["n_uncertain"], r["image"]))
+        with open(out / "review.csv", "w", newline="") as f:
+            wr = csv.DictWriter(f, fieldnames=REVIEW_COLUMNS)
+            wr.writeheader()
+            for i, r in enumerate(rows, 1):
+                wr.writerow({"rank": i, **{k: r[k] for k in REVIEW_COLUMNS if k != "rank"}})
+        atomic_write_text(out / "pseudo_labels.json", json.dumps(coco_document(images, anns, names)))
+        n_rel, n_unc = sum(r["n_reliable"] for r in rows), sum(r["n_uncertain"] for r in rows)
+        info(escape(f"{len(rows)} images: {n_rel} reliable boxes (in labels/*.txt), {n_unc} uncertain (only in "
+                    f"pseudo_labels.json); thresholds: {rule.source}, tau2 mean {rule.tau2.mean():.3f}, "
+                    f"tau1 mean {rule.tau1.mean():.3f}{', flip ensemble' if flip else ''}"))
+        where = f"; labels also written beside the images ({len(rows)} new files)" if save_to_dataset else ""
+        info(escape(f"Results saved to {out} (labels/, pseudo_labels.json, review.csv: look at the first rows first){where}"))
+        return out

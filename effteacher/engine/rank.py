@@ -153,7 +153,7 @@ def run_rank(
     from effteacher.engine.teacher_pass import PassConfig, load_model, teacher_pass
     from effteacher.ssod.active import combine_scores, standardize_features
     from effteacher.utils.console import console, info, warn
-    from effteacher.utils.files import atomic_write_text, increment_path
+    from effteacher.utils.files import atomic_write_text, run_folder
 
     if budget < 1:
         raise ConfigError(f"--budget {budget}: rank at least 1 image")
@@ -190,24 +190,24 @@ def run_rank(
     if budget > len(preds):
         warn(f"--budget {budget} is more than the {len(preds)} unlabeled images: all of them are listed")
     picks = select(cols["score"], feats, budget, lab_feats)
-    out = increment_path(project, name, exist_ok)
-    atomic_write_text(out / "to_label.txt", "".join(preds[i].path + "\n" for i in picks))
-    pick_of = {i: n for n, i in enumerate(picks, 1)}
-    source = dict(zip(cand.paths, cand.sources))
-    order = picks + sorted((i for i in range(len(preds)) if i not in pick_of), key=lambda i: -cols["score"][i])
-    with open(out / "rank.csv", "w", newline="") as f:
-        wr = csv.writer(f)
-        wr.writerow(RANK_COLUMNS)
-        for i in order:
-            wr.writerow([pick_of.get(i, ""), preds[i].path, *(f"{cols[k][i]:.5f}" for k in RANK_COLUMNS[2:10]),
-                         int(cols["n_reliable"][i]), int(cols["n_uncertain"][i]), source[preds[i].path]])
-    t = Table(title=f"Top {min(len(picks), 10)} of {len(picks)} to label next")
-    for col in ("#", "image", "score", "uncertainty", "disagreement", "rarity", "novelty"):
-        t.add_column(col, justify="left" if col == "image" else "right")
-    for n, i in enumerate(picks[:10], 1):
-        t.add_row(str(n), escape(Path(preds[i].path).name), *(f"{cols[k][i]:.3f}" for k in
-                                                             ("score", "uncertainty", "disagreement", "rarity", "novelty")))
-    console().print(t)
-    info(escape(f"Results saved to {out}: to_label.txt ({len(picks)} images, best first), rank.csv (every image "
-                "with its scores). Label them, add them to your labeled list (--labeled FILE) and train again."))
-    return out
+    with run_folder(project, name, exist_ok) as out:
+        atomic_write_text(out / "to_label.txt", "".join(preds[i].path + "\n" for i in picks))
+        pick_of = {i: n for n, i in enumerate(picks, 1)}
+        source = dict(zip(cand.paths, cand.sources))
+        order = picks + sorted((i for i in range(len(preds)) if i not in pick_of), key=lambda i: -cols["score"][i])
+        with open(out / "rank.csv", "w", newline="") as f:
+            wr = csv.writer(f)
+            wr.writerow(RANK_COLUMNS)
+            for i in order:
+                wr.writerow([pick_of.get(i, ""), preds[i].path, *(f"{cols[k][i]:.5f}" for k in RANK_COLUMNS[2:10]),
+                             int(cols["n_reliable"][i]), int(cols["n_uncertain"][i]), source[preds[i].path]])
+        t = Table(title=f"Top {min(len(picks), 10)} of {len(picks)} to label next")
+        for col in ("#", "image", "score", "uncertainty", "disagreement", "rarity", "novelty"):
+            t.add_column(col, justify="left" if col == "image" else "right")
+        for n, i in enumerate(picks[:10], 1):
+            t.add_row(str(n), escape(Path(preds[i].path).name), *(f"{cols[k][i]:.3f}" for k in
+                                                                 ("score", "uncertainty", "disagreement", "rarity", "novelty")))
+        console().print(t)
+        info(escape(f"Results saved to {out}: to_label.txt ({len(picks)} images, best first), rank.csv (every image "
+                    "with its scores). Label them, add them to your labeled list (--labeled FILE) and train again."))
+        return out

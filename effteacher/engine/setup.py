@@ -6,7 +6,6 @@ folder, which last.pt to resume, the split) and every rank receives the same ans
 
 from __future__ import annotations
 
-import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,13 +52,15 @@ def new_run_dir(project: str | Path, name: str, exist_ok: bool, mkdir: bool = Tr
 
     With ``exist_ok`` an existing folder is reused and reported as not created: it is never removed.
     """
-    from effteacher.utils.files import increment_path
+    from effteacher.utils.files import increment_path, make_run_dir
 
-    path = increment_path(project, name, exist_ok, mkdir=False)
-    existed = path.exists()
     if mkdir:
-        path.mkdir(parents=True, exist_ok=True)
-    return path, mkdir and not existed
+        return make_run_dir(project, name, exist_ok)
+    return increment_path(project, name, exist_ok, mkdir=False), False
+
+
+def _holds_checkpoint(path: Path) -> bool:
+    return (path / "weights" / "last.pt").exists()
 
 
 @contextmanager
@@ -69,13 +70,10 @@ def discard_if_failed(created: Callable[[], Path | None]) -> Iterator[None]:
 
     Folders the run did not create (--exist-ok, --resume) and folders with a checkpoint are never touched.
     """
-    try:
+    from effteacher.utils.files import discard_if_failed as discard
+
+    with discard(created, keep=_holds_checkpoint):
         yield
-    except BaseException:
-        path = created()
-        if path is not None and path.is_dir() and not (path / "weights" / "last.pt").exists():
-            shutil.rmtree(path, ignore_errors=True)
-        raise
 
 
 def preflight(cfg: TrainConfig) -> None:
@@ -157,6 +155,7 @@ class RunFolder:
     run_dir: Path
     resume_ckpt: dict[str, Any] | None = None
     created: bool = False  # this run made run_dir (a failed start may remove it: discard_if_failed)
+    lock: Any = None  # rank 0's RunLock on run_dir (None on other ranks); the run releases it at its end
 
 
 def resolve_run(cfg: TrainConfig, ctx: DistContext) -> RunFolder:
@@ -170,36 +169,50 @@ def resolve_run(cfg: TrainConfig, ctx: DistContext) -> RunFolder:
     """
     from effteacher.engine.checkpoint import load_checkpoint
 
+    from effteacher.utils.files import RunLock
+
     loaded: dict[str, Any] = {}
 
     def decide() -> tuple[str, TrainConfig, bool]:
         if cfg.resume is None:
             dist.check_batch(cfg.batch, ctx.world_size)  # before the folder is made
             path, created = new_run_dir(cfg.project, cfg.name, cfg.exist_ok)
+            with discard_if_failed(lambda: path if created else None):
+                loaded["lock"] = RunLock(path).acquire()  # a second run into the same folder is refused
             return str(path), cfg, created
         path = find_resume(cfg.resume, cfg.project)
-        loaded["ckpt"] = load_checkpoint(path)
-        run_cfg = resumed_config(loaded["ckpt"], cfg, path)
-        dist.check_batch(run_cfg.batch, ctx.world_size)  # the run's own batch, not the command line's
+        lock = loaded["lock"] = RunLock(path.parent.parent).acquire()
+        try:
+            loaded["ckpt"] = load_checkpoint(path)
+            run_cfg = resumed_config(loaded["ckpt"], cfg, path)
+            dist.check_batch(run_cfg.batch, ctx.world_size)  # the run's own batch, not the command line's
+        except BaseException:
+            lock.release()
+            raise
         return str(path), run_cfg, False
 
     where, run_cfg, created = dist.run_on_main(decide, ctx)
-    ckpt = None
-    if cfg.resume is not None:
-        path = Path(where)
-        ckpt = loaded.get("ckpt")
-        everywhere = all(dist.gather_objects(_readable(path), ctx))
-        if not everywhere:  # nodes without a shared file system: rank 0's copy travels
-            ckpt = dist.broadcast_object(ckpt, ctx)
-        elif ckpt is None:
-            ckpt = load_checkpoint(path)
-        run_dir = path.parent.parent
-    else:
-        run_dir = Path(where)
-    if ctx.is_main:
-        (run_dir / "weights").mkdir(parents=True, exist_ok=True)
-        save_yaml(run_cfg, run_dir / "args.yaml")
-    return RunFolder(run_cfg, run_dir, ckpt, created)
+    try:
+        ckpt = None
+        if cfg.resume is not None:
+            path = Path(where)
+            ckpt = loaded.get("ckpt")
+            everywhere = all(dist.gather_objects(_readable(path), ctx))
+            if not everywhere:  # nodes without a shared file system: rank 0's copy travels
+                ckpt = dist.broadcast_object(ckpt, ctx)
+            elif ckpt is None:
+                ckpt = load_checkpoint(path)
+            run_dir = path.parent.parent
+        else:
+            run_dir = Path(where)
+        if ctx.is_main:
+            (run_dir / "weights").mkdir(parents=True, exist_ok=True)
+            save_yaml(run_cfg, run_dir / "args.yaml")
+    except BaseException:
+        if loaded.get("lock") is not None:
+            loaded["lock"].release()
+        raise
+    return RunFolder(run_cfg, run_dir, ckpt, created, loaded.get("lock"))
 
 
 def _readable(path: Path) -> bool:

@@ -24,6 +24,7 @@ from effteacher.engine.setup import (
 from effteacher.engine.train_state import StateMixin
 from effteacher.engine.trainer_build import BuildMixin
 from effteacher.errors import EffTeacherError
+from effteacher.utils.files import RunLock
 
 
 def train(cfg: TrainConfig, nproc: int = 1) -> Path:
@@ -47,6 +48,7 @@ def train(cfg: TrainConfig, nproc: int = 1) -> Path:
         else:
             run_dir = find_resume(cfg.resume, cfg.project).parent.parent
         with discard_if_failed(lambda: created):
+            RunLock(run_dir).acquire().release()  # refuse a folder another run holds (rank 0 then locks it)
             launch_cfg = run_dir / "ddp_args.yaml"
             save_yaml(cfg, launch_cfg)
             rc = dist.relaunch_ddp(ddp_child_argv(launch_cfg), world)
@@ -54,8 +56,12 @@ def train(cfg: TrainConfig, nproc: int = 1) -> Path:
                 raise EffTeacherError(f"distributed training failed (exit code {rc}); see the log above")
         return run_dir
     trainer = Trainer(cfg, dist.DistContext.from_env(cfg.device))
-    with discard_if_failed(lambda: trainer.created_dir):  # a failed start leaves no empty run folder
-        return trainer.fit()
+    try:
+        with discard_if_failed(lambda: trainer.created_dir):  # a failed start leaves no empty run folder
+            return trainer.fit()
+    finally:
+        if trainer.run_lock is not None:
+            trainer.run_lock.release()
 
 
 class Trainer(BuildMixin, StateMixin):
@@ -65,6 +71,7 @@ class Trainer(BuildMixin, StateMixin):
         self.cfg = cfg
         self.ctx = ctx
         self.created_dir: Path | None = None  # the run folder, when this run created it
+        self.run_lock: Any = None  # rank 0's lock on the run folder, held until the run ends
 
     # ----------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -75,6 +82,7 @@ class Trainer(BuildMixin, StateMixin):
         if ctx.world_size > 1:
             dist.init_distributed(ctx)
         run = resolve_run(self.cfg, ctx)  # rank 0 picks the folder (or last.pt) for every rank
+        self.run_lock = run.lock
         cfg = self.cfg = run.cfg
         self.run_dir, self.resume_ckpt, self.wdir = run.run_dir, run.resume_ckpt, run.run_dir / "weights"
         self.created_dir = self.run_dir if run.created and ctx.is_main else None

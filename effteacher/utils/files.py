@@ -1,12 +1,22 @@
-"""Run folders and atomic file writes."""
+"""Run folders (created, locked, removed when a failed command leaves them empty) and atomic file writes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import tempfile
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: run folders are not locked
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_NAME = ".lock"  # RUN/.lock: the PID of the run writing into RUN, flock-ed while it runs
 
 
 def default_cache_dir() -> Path:
@@ -29,6 +39,125 @@ def increment_path(project: str | Path, name: str, exist_ok: bool = False, mkdir
     if mkdir:
         path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def make_run_dir(project: str | Path, name: str, exist_ok: bool = False) -> tuple[Path, bool]:
+    """Create the folder of a new run (runs/x/exp, exp2, ...) and say whether this call created it.
+
+    Without ``exist_ok`` the folder is always a new one, even when other processes pick a name at the same
+    time; with ``exist_ok`` an existing folder is reused and reported as not created.
+    """
+    while True:
+        path = increment_path(project, name, exist_ok, mkdir=False)
+        try:
+            path.mkdir(parents=True)
+            return path, True
+        except FileExistsError:
+            if exist_ok:
+                return path, False
+            # another process took this name first: take the next one
+
+
+class RunLock:
+    """An exclusive lock on a run folder: ``flock`` on RUN/.lock, which holds the owner's PID.
+
+    The kernel drops the lock when its process dies, so a folder left by a killed run is free again (its
+    stale .lock file is locked anew). Released cleanly, the lock file is removed.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        """Lock the folder, or raise RunFolderBusyError naming the PID of the process holding it."""
+        from effteacher.errors import RunFolderBusyError
+
+        if fcntl is None:
+            return self
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RunFolderBusyError(
+                    f"{self.folder} is in use by another run (PID {self._holder()}); wait for it to finish, "
+                    "or choose another folder") from None
+            except OSError:  # a file system without locks: go on unlocked
+                os.close(fd)
+                return self
+            try:
+                here = os.stat(self.path)
+                mine = os.fstat(fd)
+                same = (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the holder removed this file as it let go: lock the file that is there now
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def _holder(self) -> str:
+        """The PID in the lock file (its owner may be writing it right now: wait a little for it)."""
+        for _ in range(20):
+            with contextlib.suppress(OSError):
+                pid = self.path.read_text().strip()
+                if pid:
+                    return pid
+            time.sleep(0.05)
+        return "unknown"
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)  # while still locked, so that no other process locks the old file
+        os.close(self._fd)
+        self._fd = None
+
+
+def holds_files(folder: Path) -> bool:
+    """Whether ``folder`` holds any file besides its lock file (empty subfolders do not count)."""
+    return any(p.name != LOCK_NAME for p in folder.rglob("*") if not p.is_dir())
+
+
+@contextlib.contextmanager
+def discard_if_failed(created: Callable[[], Path | None], keep: Callable[[Path], bool] = holds_files
+                      ) -> Iterator[None]:
+    """Remove the run folder this command created (``created()``, None when it made none) if the body fails
+    while ``keep(folder)`` is False (by default: while it holds no file): a failed command leaves no empty
+    expN behind. Folders the command did not create (--exist-ok, --resume) are never touched.
+    """
+    try:
+        yield
+    except BaseException:
+        path = created()
+        if path is not None and path.is_dir() and not keep(path):
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def run_folder(project: str | Path, name: str, exist_ok: bool = False,
+               keep: Callable[[Path], bool] = holds_files) -> Iterator[Path]:
+    """The run folder of a command (val, predict, pseudo, rank, split), locked while the body runs.
+
+    Another process asking for the same folder (--exist-ok) is refused with RunFolderBusyError. If the body
+    fails, the folder is removed when this call created it and ``keep`` says it holds no result.
+    """
+    path, created = make_run_dir(project, name, exist_ok)
+    lock = RunLock(path)
+    try:
+        with discard_if_failed(lambda: path if created else None, keep):  # removed while still locked
+            lock.acquire()
+            yield path
+    finally:
+        lock.release()
 
 
 def umask() -> int:
