@@ -196,3 +196,41 @@ def test_scan_unlabeled(tmp_path, monkeypatch):
     assert res.n_corrupt == 1 and res.n_background == 0
     with pytest.raises(DatasetError, match="no usable image in unlabeled sources"):
         scan_unlabeled([tmp_path / "u" / "c.jpg"], progress=False)
+
+
+def test_check_and_train_report_a_broken_dataset_and_leave_it_untouched(broken, tmp_path):
+    """`check` and a `train` attempt report the corrupt image, bad rows and an out-of-range class, and modify
+    no file of the dataset (they may add only the label cache)."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from effteacher.cli import app
+
+    _item(broken, "val_a", "0 0.5 0.5 0.2 0.4\n")
+    (broken / "images" / "val").mkdir()
+    (broken / "labels" / "val").mkdir()
+    for d in ("images", "labels"):
+        src = next((broken / d / "train").glob("val_a.*"))
+        src.rename(broken / d / "val" / src.name)
+    data = broken / "data.yaml"
+    data.write_text(yaml.safe_dump({"path": str(broken), "train": "images/train", "val": "images/val",
+                                    "names": ["a", "b"]}))
+    before = {p: p.read_bytes() for p in broken.rglob("*") if p.is_file()}
+    lbl, img = broken / "labels" / "train", broken / "images" / "train"
+    reported = [f"{img}/corrupt.jpg: corrupt image", f"{lbl}/wrong_columns.txt:1: 4 columns, expected 5",
+                f"{lbl}/class_out_of_range.txt:3: class 7 >= nc 2"]
+    runs = tmp_path / "runs"
+    commands = [["check", "--data", str(data)],
+                ["train", "--data", str(data), "--supervised", "--labeled", "100%", "--epochs", "1", "--imgsz", "64",
+                 "--batch", "4", "--workers", "0", "--project", str(runs), "--name", "broken"]]
+    for args in commands:
+        res = CliRunner().invoke(app, args)
+        assert "Traceback" not in res.output
+        out = " ".join(res.output.split())
+        for line in reported:
+            assert line in out, (args[0], line, res.output)
+        assert res.exit_code == (1 if args[0] == "check" else 0), res.output  # check gates CI; train skips them
+        after = {p: p.read_bytes() for p in broken.rglob("*") if p.is_file()}
+        assert {p: after[p] for p in before} == before, args[0]  # byte for byte
+        assert all(p.name.endswith(".npz") and ".effteacher-" in p.name for p in set(after) - set(before)), args[0]
+    assert (runs / "broken" / "weights" / "best.pt").is_file()

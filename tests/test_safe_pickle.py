@@ -159,3 +159,39 @@ def test_getattr_only_names_inert_records(tmp_path: Path) -> None:
         load_inert(path)
     torch.save({"x": _Reach()}, path)  # torch.nn.Module itself resolves to a record; its __init__ is a name only
     assert issubclass(load_inert(path)["x"], Record)
+
+
+def _weights_commands(data: Path, evil: Path, out: Path) -> dict[str, list[str]]:
+    """Every command that reads a weights file, given ``evil`` as its weights (outputs under ``out``)."""
+    images = str(data.parent / "images" / "val")
+    tiny = ["--imgsz", "64", "--workers", "0"]
+    return {
+        "train": ["train", "--data", str(data), "--weights", str(evil), "--epochs", "1", "--batch", "4", *tiny,
+                  "--project", str(out), "--name", "run"],
+        "val": ["val", "--weights", str(evil), "--data", str(data), *tiny, "--project", str(out)],
+        "predict": ["predict", images, "--weights", str(evil), "--imgsz", "64", "--project", str(out)],
+        "export": ["export", "--weights", str(evil), "--imgsz", "64"],
+        "convert": ["convert", str(evil), "--output", str(out / "converted.pt")],
+        "pseudo": ["pseudo", images, "--weights", str(evil), *tiny, "--project", str(out)],
+        "rank": ["rank", "--weights", str(evil), "--data", str(data), *tiny, "--project", str(out)],
+    }
+
+
+@pytest.mark.parametrize("command", ["train", "val", "predict", "export", "convert", "pseudo", "rank"])
+def test_every_command_that_takes_weights_refuses_a_malicious_pickle(tiny_data: Path, tmp_path: Path,
+                                                                     command: str) -> None:
+    marker = tmp_path / "pwned"
+    wdir = tmp_path / "weights"
+    wdir.mkdir()
+    evil = wdir / "yolov5s.pt"
+    torch.save({"model": _System(f"touch {marker}"), "epoch": 1}, evil)
+    before = evil.read_bytes()
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, _weights_commands(tiny_data, evil, out)[command])
+    assert res.exit_code == 1, res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1 and "yolov5s.pt" in errors[0] and "refused" in errors[0], res.output
+    assert "Traceback" not in res.output
+    assert not marker.exists()  # the payload never ran
+    assert sorted(p.name for p in wdir.iterdir()) == ["yolov5s.pt"] and evil.read_bytes() == before
+    assert not out.exists() or not any(out.iterdir())  # no run folder, no converted or exported file

@@ -195,6 +195,16 @@ class EpochPlan:
         start = -(-self.burn * self.nb_burn // self.accumulate) if self.auto else 0
         self.lr_span = (max(total, 1), start)
 
+    def resume(self, burn: int | None) -> None:
+        """Take over a resumed run's burn-in decision: the epochs of an auto burn-in decided before the
+        interruption (``burn``, None while it was still undecided).
+
+        A plan whose burn-in the config fixes (``--burn-in N``, or a supervised run's ``--epochs``, whose
+        "burn-in" is the whole run) keeps its own: ``--resume RUN --epochs N`` extends it to ``N``.
+        """
+        if burn is not None and self.burn is None:
+            self.set_burn(int(burn))
+
     def ema_window(self) -> float:
         """The supervised EMA's window in updates: cfg ``optim.ema_window``, else 10% of a fixed run or 20% of
         the auto burn-in's patience (it must average step noise, yet follow a model that still improves)."""

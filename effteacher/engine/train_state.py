@@ -69,14 +69,26 @@ class StateMixin:
         self.scheduler.base_lrs = [self.optim_cfg.lr0] * len(self.scheduler.base_lrs)
         self.plan.plateau.best, self.plan.plateau.best_step = st.get("plateau", [-1.0, 0])
         self.plan.reason = st.get("handover_reason", "")
-        if st.get("burn_epochs") is not None:  # the EMA's own state holds its (teacher) decay
-            self.plan.set_burn(int(st["burn_epochs"]))
+        self.plan.resume(st.get("burn_epochs"))  # the EMA's own state holds its (teacher) decay
         set_rng_state(st["rng"])
         if self.ctx.is_main:
             from effteacher.utils.console import info
 
             of = f" of {self.plan.end}" if self.plan.end else " (burn-in until validation plateaus)"
             info(f"resuming {self.run_dir} from epoch {self.start_epoch + 1}{of}")
+
+
+def run_optimizer(state: dict[str, Any]) -> tuple[str, float] | None:
+    """(optimizer, lr0) a resumed run was trained with, read from its saved optimizer state; None if unknown.
+
+    ``optim.optimizer: auto`` picks by the planned iterations, which grow when ``--epochs`` extends a run:
+    the run keeps the optimizer (and LR) its saved state belongs to.
+    """
+    groups = state.get("optimizer", {}).get("param_groups") or [{}]
+    g = groups[0]
+    name = "adamw" if "betas" in g else "sgd" if "nesterov" in g else None
+    lr0 = g.get("initial_lr")
+    return None if name is None or lr0 is None else (name, float(lr0))
 
 
 def rng_state() -> dict[str, Any]:

@@ -111,12 +111,15 @@ class BuildMixin:
 
         from effteacher.engine.optim import build_optimizer, warmup_iters
         from effteacher.engine.schedule import lr_fn, resolve_optimizer
+        from effteacher.engine.train_state import run_optimizer
 
         cfg = self.cfg
         params = nn.ModuleDict({"model": self.model})
         if self.disc is not None:
             params["disc"] = self.disc.module if hasattr(self.disc, "module") else self.disc
         name, lr0 = resolve_optimizer(cfg.optim, self.plan.planned)
+        if self.resume_ckpt is not None:  # an extended run plans more iterations: keep the optimizer it used
+            name, lr0 = run_optimizer(self.resume_ckpt["train_state"]) or (name, lr0)
         self.optim_cfg = dataclasses.replace(cfg.optim, optimizer=name, lr0=lr0)
         self.optimizer = build_optimizer(params, self.optim_cfg, cfg.batch)
         self.start_epoch, self.best_fitness, self.best_epoch, self.iteration = 0, -1.0, -1, 0
