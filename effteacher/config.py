@@ -291,4 +291,7 @@ def load_overrides(path: Path, data: str | None = None) -> TrainConfig:
             base[k] = {**base[k], **v}
         else:
             base[k] = v
-    return from_dict(base)
+    try:
+        return from_dict(base)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

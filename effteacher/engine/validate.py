@@ -141,6 +141,9 @@ def _fmt(v: Any) -> str:
     """A value for a message: strings quoted, a very long number shortened to its first digits."""
     if isinstance(v, str):
         return repr(v)
+    if isinstance(v, (tuple, list)):
+        inner = ", ".join(map(_fmt, v))
+        return f"({inner})" if isinstance(v, tuple) else f"[{inner}]"
     text = str(v)
     return f"{text[:12]}...({len(text)} digits)" if isinstance(v, int) and len(text) > 24 else text
 
