@@ -6,6 +6,50 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
+from typer.core import TyperCommand
+
+
+class _Command(TyperCommand):
+    """A command whose unusable option values (``--batch abc``) are one ERROR line and exit code 1, like every
+    other bad value; a malformed command line (an unknown or missing option) stays a usage error (exit code 2)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        from typer._click.exceptions import BadParameter, MissingParameter
+
+        typed = list(args)  # the parser consumes ``args``
+        try:
+            return super().parse_args(ctx, args)
+        except BadParameter as e:
+            root = ctx.find_root()
+            if isinstance(e, MissingParameter) or e.param is None or (root.obj or {}).get("verbose"):
+                raise
+            from effteacher.utils.console import error
+
+            error(_bad_value(e.param, typed, e))
+            raise typer.Exit(1) from None
+
+
+def _bad_value(param: Any, args: list[str], e: Exception) -> str:
+    """One line for an option value that does not convert: the option, the value typed and what it takes."""
+    opts = list(getattr(param, "opts", []) or [param.name])
+    typed = None
+    for i, a in enumerate(args):
+        if a in opts and i + 1 < len(args):
+            typed = args[i + 1]
+        elif "=" in a and a.split("=", 1)[0] in opts:
+            typed = a.split("=", 1)[1]
+    flag = opts[0] if opts[0].startswith("-") else param.name.upper()
+    kind = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    default = getattr(param, "default", None)
+    example = f" (e.g. {flag} {default})" if isinstance(default, (int, float)) and not isinstance(default, bool) else ""
+    if kind is int:
+        what = f"expected a whole number{example}"
+    elif kind is float:
+        what = f"expected a number{example}"
+    else:
+        what = " ".join(e.format_message().split()) if hasattr(e, "format_message") else " ".join(str(e).split())
+    return f"{flag} {typed!r}: {what}" if typed is not None else f"{flag}: {what}"
+
 
 app = typer.Typer(
     name="effteacher",
@@ -21,8 +65,11 @@ def _call(ctx: typer.Context, fn: Callable[[], Any]) -> Any:
     """Run an engine call; user errors become one red line and exit code 1 (traceback with --verbose)."""
     from effteacher.errors import EffTeacherError
 
+    from effteacher.engine.validate import check_numeric_options
+
     verbose = bool(ctx.obj and ctx.obj.get("verbose"))
     try:
+        check_numeric_options(ctx.params)  # every numeric option of every command, before anything is created
         return fn()
     except EffTeacherError as e:
         if verbose:
@@ -74,7 +121,7 @@ def _checked(**options: Any) -> dict[str, Any]:
     return check_options(**options)
 
 
-@app.command()
+@app.command(cls=_Command)
 def train(
     ctx: typer.Context,
     data: Optional[str] = typer.Option(None, help="Dataset YAML, or 'sample' (default) for the bundled sample dataset."),
@@ -128,7 +175,7 @@ def train(
     _call(ctx, run)
 
 
-@app.command()
+@app.command(cls=_Command)
 def val(
     ctx: typer.Context,
     weights: str = typer.Option(..., help="Weights: .pt (effteacher or official YOLOv5), .onnx, .torchscript or .engine."),
@@ -156,7 +203,7 @@ def val(
     _call(ctx, run)
 
 
-@app.command()
+@app.command(cls=_Command)
 def predict(
     ctx: typer.Context,
     source: str = typer.Argument(..., help="Image file, folder, glob or .txt list."),
@@ -186,7 +233,7 @@ def predict(
     _call(ctx, run)
 
 
-@app.command()
+@app.command(cls=_Command)
 def pseudo(
     ctx: typer.Context,
     source: str = typer.Argument(..., help="Images: folder, glob, .txt list, image file, or a dataset YAML (its 'unlabeled')."),
@@ -209,14 +256,15 @@ def pseudo(
     def run() -> Any:
         from effteacher.engine.pseudo_export import run_pseudo
 
+        imgsz_ = _checked(imgsz=imgsz)["imgsz"]
         return run_pseudo(source=source, weights=weights, conf=conf, flip=flip, save_to_dataset=save_to_dataset,
-                          imgsz=imgsz, iou=iou, max_det=max_det, batch=batch, device=device, workers=workers,
+                          imgsz=imgsz_, iou=iou, max_det=max_det, batch=batch, device=device, workers=workers,
                           project=project, name=name, exist_ok=exist_ok)
 
     _call(ctx, run)
 
 
-@app.command()
+@app.command(cls=_Command)
 def rank(
     ctx: typer.Context,
     weights: str = typer.Option(..., help="An effteacher .pt checkpoint (weights/best.pt)."),
@@ -237,13 +285,14 @@ def rank(
     def run() -> Any:
         from effteacher.engine.rank import run_rank
 
-        return run_rank(weights=weights, data=data, budget=budget, labeled=labeled, flip=flip, imgsz=imgsz,
+        imgsz_ = _checked(imgsz=imgsz)["imgsz"]
+        return run_rank(weights=weights, data=data, budget=budget, labeled=labeled, flip=flip, imgsz=imgsz_,
                         batch=batch, device=device, workers=workers, project=project, name=name, exist_ok=exist_ok)
 
     _call(ctx, run)
 
 
-@app.command()
+@app.command(cls=_Command)
 def export(
     ctx: typer.Context,
     weights: str = typer.Option(..., help="An effteacher .pt checkpoint or an official YOLOv5 .pt."),
@@ -270,7 +319,7 @@ def export(
     _call(ctx, run)
 
 
-@app.command()
+@app.command(cls=_Command)
 def convert(
     ctx: typer.Context,
     weights: str = typer.Argument(..., help="An official YOLOv5 .pt: release v4.0-v7.0, P5 n/s/m/l/x (yolov5s.pt ...)."),
@@ -286,7 +335,7 @@ def convert(
     _call(ctx, run)
 
 
-@app.command()
+@app.command(cls=_Command)
 def split(
     ctx: typer.Context,
     data: str = typer.Option("sample", help="Dataset YAML or 'sample'."),
@@ -307,7 +356,7 @@ def split(
     _call(ctx, run)
 
 
-@app.command()
+@app.command(cls=_Command)
 def check(
     ctx: typer.Context,
     data: str = typer.Option("sample", help="Dataset YAML or 'sample'."),

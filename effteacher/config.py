@@ -263,11 +263,13 @@ def save_yaml(cfg: Any, path: Path) -> None:
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:
-    import yaml
+    """The YAML mapping at ``path``; ConfigError (one line naming the file) when it is missing, unreadable,
+    not valid YAML or not a mapping."""
+    from effteacher.utils.yaml_io import read_yaml
 
-    d = yaml.safe_load(Path(path).read_text()) or {}
+    d = read_yaml(path, ConfigError, "config YAML") or {}
     if not isinstance(d, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys")
+        raise ConfigError(f"{path}: expected a mapping of config keys (key: value lines), got a {type(d).__name__}")
     return d
 
 
@@ -289,4 +291,7 @@ def load_overrides(path: Path, data: str | None = None) -> TrainConfig:
             base[k] = {**base[k], **v}
         else:
             base[k] = v
-    return from_dict(base)
+    try:
+        return from_dict(base)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

@@ -41,6 +41,8 @@ def load_resized(
     Raises DatasetError naming the file when it cannot be read.
     """
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None and not Path(path).exists():
+        raise DatasetError(f"{path}: not found; fix the path or remove it from the list")
     if img is None:
         raise DatasetError(
             f"{path}: cannot read image (missing, corrupt or not an image); "

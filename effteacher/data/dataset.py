@@ -70,6 +70,8 @@ def image_shape(path: str | Path, min_size: int = MIN_IMAGE_SIZE) -> tuple[int, 
             w, h = im.size
             fmt = im.format
             orient = im.getexif().get(0x0112, 1) if fmt in ("JPEG", "TIFF", "WEBP", "PNG") else 1
+    except FileNotFoundError as e:
+        raise ValueError("not found (the file does not exist)") from e
     except Exception as e:  # PIL raises many types for broken files
         raise ValueError(f"corrupt image ({type(e).__name__}: {e})") from e
     if orient in (5, 6, 7, 8):

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from effteacher.errors import DatasetError
 from effteacher.utils.files import default_cache_dir
+from effteacher.utils.yaml_io import read_yaml
 
 IMG_FORMATS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 ALLOWED_KEYS = ("path", "train", "val", "test", "unlabeled", "names", "nc", "generate", "download")
@@ -215,10 +215,7 @@ def load_spec(data: str | Path) -> DatasetSpec:
     if not yaml_path.is_file():
         raise DatasetError(f"dataset YAML '{data}' not found; pass the path of a dataset YAML "
                            "(path/train/val/names), or 'sample' / 'sample-large' for a bundled generated dataset")
-    try:
-        d = yaml.safe_load(yaml_path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise DatasetError(f"{yaml_path}: not valid YAML ({e})") from e
+    d = read_yaml(yaml_path, DatasetError, "dataset YAML")
     if not isinstance(d, dict):
         raise DatasetError(f"{yaml_path}: must be a mapping with keys path, train, val, names")
     for k in d:

@@ -227,7 +227,61 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     for key in ("model", "state_dict"):
         if key not in obj:
             raise CheckpointError(f"{path}: effteacher checkpoint without {key!r}; the file is damaged, use another")
+    problem = metadata_problem(obj)
+    if problem:
+        raise CheckpointError(f"{path}: damaged effteacher checkpoint: {problem}; use another checkpoint "
+                              "(weights/best.pt or last.pt) or re-train")
     return obj
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_numbers(v: Any) -> bool:
+    """A (nested) list of numbers, or a tensor."""
+    if isinstance(v, torch.Tensor):
+        return True
+    if isinstance(v, list):
+        return all(_is_numbers(x) for x in v)
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def metadata_problem(obj: dict[str, Any]) -> str | None:
+    """What is wrong with the types of an effteacher checkpoint's metadata (None when every field that commands
+    read has the type make_checkpoint writes): the loaders index into it without further checks."""
+    m = obj.get("model")
+    if not isinstance(m, dict):
+        return f"'model' is a {type(m).__name__}, not the model description (variant, nc, names, imgsz)"
+    if not isinstance(m.get("variant"), str):
+        return f"model.variant is {m.get('variant')!r}, not a model name"
+    if not _is_int(m.get("nc")) or m["nc"] < 1:
+        return f"model.nc is {m.get('nc')!r}, not a class count"
+    names = m.get("names")
+    if not isinstance(names, list) or len(names) != m["nc"] or not all(isinstance(n, (str, int)) for n in names):
+        return f"model.names is not a list of {m['nc']} class names"
+    if not _is_int(m.get("imgsz")) or m["imgsz"] < 1:
+        return f"model.imgsz is {m.get('imgsz')!r}, not an image size"
+    for key in ("anchors", "stride"):
+        if m.get(key) is not None and not _is_numbers(m[key]):
+            return f"model.{key} is not a list of numbers"
+    sd = obj.get("state_dict")
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        return "'state_dict' is not a mapping of parameter names to tensors"
+    for key in ("args", "metrics", "pseudo_thresholds"):
+        if obj.get(key) is not None and not isinstance(obj[key], dict):
+            return f"{key!r} is a {type(obj[key]).__name__}, not a mapping"
+    args = obj.get("args") or {}
+    if args.get("ssod") is not None and not isinstance(args["ssod"], dict):
+        return "args.ssod is not a mapping"
+    pt = obj.get("pseudo_thresholds")
+    if pt is not None and not all(_is_numbers(pt.get(k)) for k in ("tau1", "tau2")):
+        return "pseudo_thresholds.tau1/tau2 are not lists of numbers"
+    if obj.get("epoch") is not None and not _is_int(obj["epoch"]):
+        return f"epoch is {obj['epoch']!r}, not a whole number"
+    if obj.get("which") is not None and obj["which"] not in WHICH:
+        return f"which is {obj['which']!r}, not one of {', '.join(WHICH)}"
+    return None
 
 
 def yolov5_checkpoint(path: str | Path) -> dict[str, Any]:

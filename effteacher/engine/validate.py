@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from effteacher.config import TrainConfig, replace
 from effteacher.errors import ConfigError
 
 MAX_STRIDE = 32  # largest stride of every model variant (P5); input sizes are rounded up to a multiple of it
+MAX_COUNT = 2**31 - 1  # upper bound of counts: the largest C int, what torch and numpy take as a size
+MAX_SEED = 2**32 - 1  # numpy's seed range (torch and python take it too)
+MAX_IMGSZ = 16384
+MAX_PROCS = 1024  # dataloader workers / DDP processes
 
 # TrainConfig keys with a command-line option of their own (else the message names the cfg key)
 _FLAGS = {
@@ -40,25 +45,40 @@ class Range:
     whole: bool = False
     hint: str = ""
 
-    def describe(self) -> str:
+    def describe(self, value: Any = None) -> str:
+        """The range in words; the technical bound MAX_COUNT only for a ``value`` that is not below the range."""
         parts = []
+        low = isinstance(value, (int, float)) and self.lo is not None and value < self.lo
         if self.lo is not None:
-            parts.append(f"{'>' if self.lo_strict else '>='} {self.lo:g}")
-        if self.hi is not None:
-            parts.append(f"{'<' if self.hi_strict else '<='} {self.hi:g}")
+            parts.append(f"{'>' if self.lo_strict else '>='} {_num(self.lo)}")
+        if self.hi is not None and (self.hi != MAX_COUNT or not low):
+            parts.append(f"{'<' if self.hi_strict else '<='} {_num(self.hi)}")
         what = "a whole number" if self.whole else "a number"
         return f"{what} {' and '.join(parts)}" if parts else what
 
-    def ok(self, v: float) -> bool:
-        if not math.isfinite(v) or (self.whole and v != int(v)):
+    def ok(self, v: Any) -> bool:
+        """True for a finite number in range. Python ints of any size are compared exactly (never through float,
+        which overflows above 1e308); a number a float cannot hold is out of range of a float setting."""
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return False
+        if isinstance(v, float) and not math.isfinite(v):
+            return False
+        if self.whole and isinstance(v, float) and not v.is_integer():
+            return False
+        if not self.whole and isinstance(v, int) and abs(v) > sys.float_info.max:
             return False
         if self.lo is not None and (v <= self.lo if self.lo_strict else v < self.lo):
             return False
         return not (self.hi is not None and (v >= self.hi if self.hi_strict else v > self.hi))
 
 
-def _count(lo: int, hint: str = "") -> Range:
-    return Range(lo=lo, whole=True, hint=hint)
+def _num(x: float) -> str:
+    """A bound for messages: whole values as plain integers (4294967295, not 4.29497e+09)."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _count(lo: int, hint: str = "", hi: int = MAX_COUNT) -> Range:
+    return Range(lo=lo, hi=hi, whole=True, hint=hint)
 
 
 _PROB = Range(0.0, 1.0, hint="a probability")
@@ -69,10 +89,10 @@ _DECAY = Range(0.0, 1.0, lo_strict=True, hi_strict=True)
 # Ranges of the numeric TrainConfig values; every numeric field has one (tests check that none is missed).
 TRAIN_RANGES: dict[str, Range] = {
     "epochs": _count(0, "total epochs, 0 = auto (sized from the data)"),
-    "imgsz": _count(1, "pixels, e.g. --imgsz 640"),
-    "batch": _count(1, "labeled images per batch, e.g. --batch 16"),
-    "seed": _count(0),
-    "workers": _count(0, "0 loads data in the main process"),
+    "imgsz": _count(1, "pixels, e.g. --imgsz 640", hi=MAX_IMGSZ),
+    "batch": _count(1, "images per batch, e.g. --batch 16"),
+    "seed": _count(0, hi=MAX_SEED),
+    "workers": _count(0, "0 loads data in the main process", hi=MAX_PROCS),
     "patience": _count(1, "epochs without improvement before stopping; a large value turns it off"),
     "val_every": _count(1),
     **{f"aug.{k}": _FRACTION for k in ("hsv_h", "hsv_s", "hsv_v")},
@@ -103,11 +123,13 @@ TRAIN_RANGES: dict[str, Range] = {
     "sched.val_steps": _count(1), "sched.ssod_factor": Range(lo=0.0, lo_strict=True),
 }
 
-# Options of the other commands (val, predict, export, split), by option name.
+# Numeric options of every command, by parameter name: the CLI checks each numeric option a command has against
+# this table before it runs (cli._call); an option without a rule is a programming error (tests walk them all).
 OPTION_RANGES: dict[str, Range] = {
-    "batch": _count(1), "imgsz": _count(1, "pixels"), "workers": _count(0), "seed": _count(0),
-    "conf": _FRACTION, "iou": Range(0.0, 1.0, lo_strict=True), "max_det": _count(1), "opset": _count(7),
-    "nproc": _count(1, "processes for DDP on CPU"),
+    **{k: TRAIN_RANGES[k] for k in ("batch", "imgsz", "workers", "seed", "epochs", "patience")},
+    "conf": _FRACTION, "iou": Range(0.0, 1.0, lo_strict=True), "max_det": _count(1, "boxes per image"),
+    "opset": _count(11, "ONNX opset, 17 by default"), "nproc": _count(1, "processes for DDP on CPU", hi=MAX_PROCS),
+    "budget": _count(1, "images to choose"),
 }
 
 
@@ -116,7 +138,14 @@ def _flag(key: str) -> str:
 
 
 def _fmt(v: Any) -> str:
-    return repr(v) if isinstance(v, str) else str(v)
+    """A value for a message: strings quoted, a very long number shortened to its first digits."""
+    if isinstance(v, str):
+        return repr(v)
+    if isinstance(v, (tuple, list)):
+        inner = ", ".join(map(_fmt, v))
+        return f"({inner})" if isinstance(v, tuple) else f"[{inner}]"
+    text = str(v)
+    return f"{text[:12]}...({len(text)} digits)" if isinstance(v, int) and len(text) > 24 else text
 
 
 def _type_problem(key: str, value: Any, tp: Any) -> str | None:
@@ -150,10 +179,11 @@ def _type_problem(key: str, value: Any, tp: Any) -> str | None:
 
 def _range_problem(flag: str, value: Any, rng: Range) -> str | None:
     vals = list(value) if isinstance(value, (tuple, list)) else [value]
-    if all(rng.ok(float(v)) for v in vals):
+    if all(rng.ok(v) for v in vals):
         return None
     hint = f" ({rng.hint})" if rng.hint else ""
-    return f"{flag} {_fmt(value)}: must be {rng.describe()}{hint}"
+    low = [v for v in vals if not rng.ok(v)][:1]
+    return f"{flag} {_fmt(value)}: must be {rng.describe(low[0] if low else None)}{hint}"
 
 
 def _fields(obj: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
@@ -171,13 +201,14 @@ def _fields(obj: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
 
 def _labeled_problem(labeled: str) -> str | None:
     """The syntax of --labeled ('10%', '0.1', '200'); the count against the dataset is checked after the scan."""
-    from effteacher.data.split import parse_labeled
+    from effteacher.data.split import is_list_spec, parse_labeled
     from effteacher.errors import DatasetError
 
-    path = Path(str(labeled))
-    if path.suffix and path.is_file():
-        return None  # a list of images: read after the scan
-    if path.suffix.lower() in (".txt", ".csv", ".lst") or "/" in str(labeled) or "\\" in str(labeled):
+    text = str(labeled).strip()
+    path = Path(text).expanduser()
+    if is_list_spec(text) and path.is_file():
+        return None  # a list of images (with or without an extension): read after the scan
+    if path.suffix.lower() in (".txt", ".csv", ".lst") or "/" in text or "\\" in text:
         return (f"--labeled {labeled}: file not found; give an existing file listing the labeled images "
                 "(one path per line) or a percentage like '10%'")
     try:
@@ -254,10 +285,9 @@ def check_train_config(cfg: TrainConfig, nproc: int = 1) -> TrainConfig:
     return cfg if new == cfg.imgsz else replace(cfg, imgsz=new)
 
 
-def check_options(**options: Any) -> dict[str, Any]:
-    """Check command options by name (``batch``, ``imgsz``, ``conf``, ``iou``, ``max_det``, ``workers``, ``opset``,
-    ``seed``, ``labeled``; None = not given). Raises one ConfigError for all problems; returns the options with
-    ``imgsz`` rounded up to a multiple of the largest stride."""
+def option_problems(**options: Any) -> list[str]:
+    """Every problem of command options given by name (``labeled`` or a key of OPTION_RANGES; None = not given),
+    one line each. ValueError for an option without a rule."""
     problems = []
     for name, value in options.items():
         if value is None:
@@ -270,6 +300,22 @@ def check_options(**options: Any) -> dict[str, Any]:
             raise ValueError(f"no rule for option {name!r}")
         if p:
             problems.append(p)
+    return problems
+
+
+def check_numeric_options(params: Mapping[str, Any]) -> None:
+    """Range-check every number among a command's parsed parameters (``ctx.params``; bools and None skipped), so
+    a new numeric option is checked as soon as OPTION_RANGES has its rule. Raises one ConfigError for all."""
+    numbers = {k: v for k, v in params.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    problems = option_problems(**numbers)
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def check_options(**options: Any) -> dict[str, Any]:
+    """Check command options by name (see option_problems). Raises one ConfigError for all problems; returns the
+    options with ``imgsz`` rounded up to a multiple of the largest stride."""
+    problems = option_problems(**options)
     if problems:
         raise ConfigError("\n".join(problems))
     out = dict(options)
