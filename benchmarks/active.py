@@ -46,7 +46,7 @@ def write_list(path: Path, paths: list[str]) -> Path:
 
 def ranked_picks(project: Path, base5: Path, data: str, k: int, workers: int) -> list[str]:
     """The ``rank`` picks of base5 (computed once, then reused from project/rank/to_label.txt)."""
-    from effteacher.engine.rank import run_rank
+    from effteacher.labeling.rank import run_rank
 
     out = project / "rank"
     if not (out / "to_label.txt").is_file():

@@ -35,7 +35,7 @@ def _elapsed(run_dir: Path) -> float:
 def run_arm(project: Path, name: str, base: Any, **changes: Any) -> Path:
     """Train ``base`` with ``changes`` into project/name, or resume it if it was killed, or skip it if done."""
     from effteacher.config import replace
-    from effteacher.engine.trainer import train
+    from effteacher.train.trainer import train
 
     run_dir = project / name
     if _done(run_dir):
@@ -60,8 +60,8 @@ def branch(src: Path, dst: Path, overrides: dict[str, Any], base: Any, epochs: i
     import torch
 
     from effteacher.config import from_dict, replace, to_dict
-    from effteacher.engine.checkpoint import save_checkpoint
-    from effteacher.engine.trainer import train
+    from effteacher.models.checkpoint import save_checkpoint
+    from effteacher.train.trainer import train
 
     if _done(dst):
         print(f"{dst}: done, reused", flush=True)

@@ -60,7 +60,7 @@ def runners(variant: str, size: int, folder: Path) -> dict[str, Callable[[torch.
 
 
 def main() -> None:
-    from effteacher.engine.postprocess import non_max_suppression
+    from effteacher.models.postprocess import non_max_suppression
 
     torch.set_num_threads(THREADS)
     results: dict[tuple[str, int, str], float] = {}
@@ -88,7 +88,7 @@ def main() -> None:
         f"CPU, batch 1, {THREADS} intra-op thread (torch and onnxruntime; more threads on this shared CPU "
         f"measured contention, see THREADS), median of {ITERS} interleaved runs "
         f"after {WARMUP} warm-up, random-init models with nc=80, NMS included "
-        f"(engine.postprocess.non_max_suppression, conf {CONF}, iou {IOU}). The machine's CPU is shared with "
+        f"(models.postprocess.non_max_suppression, conf {CONF}, iou {IOU}). The machine's CPU is shared with "
         "other engineers' jobs, so expect noise of 10-30%.",
         "",
         "| model | imgsz | pytorch ms | torchscript ms | onnxruntime ms | ort speed-up |",

@@ -80,7 +80,7 @@ def check_nccl(dev: torch.device) -> Check:
 
     import torch.distributed as dist
 
-    from effteacher.engine.dist import free_port
+    from effteacher.utils.dist import free_port
 
     if dev.type != "cuda":
         return "skipped: needs CUDA (gloo DDP is covered by tests/test_multinode.py)", "skipped (no CUDA)"
@@ -110,8 +110,8 @@ def train_tiny(folder: Path, device: str, s: Sizes) -> tuple[Path, bool, list[di
     """
     from effteacher.config import defaults_for, replace
     from effteacher.data.sample import SampleConfig, generate
-    from effteacher.engine.dist import DistContext
-    from effteacher.engine.trainer import Trainer
+    from effteacher.utils.dist import DistContext
+    from effteacher.train.trainer import Trainer
 
     data = generate(folder / "data", SampleConfig(n_train=s.train_images, n_val=s.val_images, imgsz=s.train_imgsz,
                                                   min_digit=s.train_imgsz / 8, max_digit=s.train_imgsz / 2.5,
@@ -154,7 +154,7 @@ def _probe(imgsz: int, dev: torch.device, dtype: torch.dtype) -> torch.Tensor:
 def _diffs(best: Path, runtime: Callable[[torch.Tensor], torch.Tensor], imgsz: int, dev: torch.device,
            half: bool) -> tuple[float, float]:
     """Max |diff| (boxes px, scores) between the checkpoint in PyTorch and an exported runtime."""
-    from effteacher.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from effteacher.models.checkpoint import load_checkpoint, model_from_checkpoint
     from effteacher.export.api import output_diffs
     from effteacher.export.runtime import TorchBackend
 
@@ -232,7 +232,7 @@ def _rate(fn: Callable[[], Any], images: int, dev: torch.device, seconds: float,
 
 def check_predict(dev: torch.device, s: Sizes) -> Check:
     """Model + NMS throughput of an n model (nc=80, random weights) on pre-made tensors, fp16 on CUDA."""
-    from effteacher.engine.postprocess import non_max_suppression
+    from effteacher.models.postprocess import non_max_suppression
     from effteacher.export.runtime import TorchBackend
     from effteacher.models.build import build_model
 

@@ -8,7 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import record
-from effteacher.engine.postprocess import non_max_suppression
+from effteacher.models.postprocess import non_max_suppression
 from effteacher.models.build import build_model
 from effteacher.models.head import DeployModel
 

@@ -63,8 +63,8 @@ def bare_loop(trainer, imgsz: int, batch: int, steps: int) -> float:
 
 def make_trainer(data_yaml: Path, imgsz: int, batch: int, supervised: bool, run_dir: Path):
     from effteacher.config import defaults_for, replace
-    from effteacher.engine.dist import DistContext
-    from effteacher.engine.trainer import Trainer
+    from effteacher.utils.dist import DistContext
+    from effteacher.train.trainer import Trainer
 
     cfg = replace(defaults_for("sample"), data=str(data_yaml), imgsz=imgsz, batch=batch, workers=2,
                   supervised=supervised, labeled="100%" if supervised else "50%", epochs=3, burn_in=1,

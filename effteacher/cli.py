@@ -1,4 +1,4 @@
-"""Typer command line: parse and validate options, then call one engine function. No logic here."""
+"""Typer command line: parse and validate options, then call one command function. No logic here."""
 
 from __future__ import annotations
 
@@ -62,10 +62,9 @@ app = typer.Typer(
 
 
 def _call(ctx: typer.Context, fn: Callable[[], Any]) -> Any:
-    """Run an engine call; user errors become one red line and exit code 1 (traceback with --verbose)."""
+    """Run a command; user errors become one red line and exit code 1 (traceback with --verbose)."""
     from effteacher.errors import EffTeacherError
-
-    from effteacher.engine.validate import check_numeric_options
+    from effteacher.options import check_numeric_options
 
     verbose = bool(ctx.obj and ctx.obj.get("verbose"))
     try:
@@ -100,7 +99,7 @@ def _burn_in(value: str) -> int | str:
 
 def _version(value: bool) -> None:
     if value:
-        from effteacher import __version__
+        from effteacher.version import __version__
 
         typer.echo(f"effteacher {__version__}")
         raise typer.Exit()
@@ -116,7 +115,7 @@ def _root(
 
 
 def _checked(**options: Any) -> dict[str, Any]:
-    from effteacher.engine.validate import check_options
+    from effteacher.options import check_options
 
     return check_options(**options)
 
@@ -151,7 +150,7 @@ def train(
 
     def run() -> Any:
         from effteacher.config import defaults_for, load_overrides, replace
-        from effteacher.engine.trainer import train as train_fn
+        from effteacher.train.trainer import train as train_fn
 
         base = load_overrides(cfg, data) if cfg else defaults_for(data)
         given = dict(
@@ -161,7 +160,7 @@ def train(
         )
         changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
         if weights is not None and model is None:
-            from effteacher.engine.pretrained import weights_variant
+            from effteacher.models.pretrained import weights_variant
 
             changes["model"] = weights_variant(weights) or base.model
         if burn_in is not None:
@@ -194,7 +193,7 @@ def val(
     """Evaluate weights on a dataset split (pycocotools mAP)."""
 
     def run() -> Any:
-        from effteacher.engine.evaluator import run_val
+        from effteacher.val.evaluator import run_val
 
         o = _checked(imgsz=imgsz, batch=batch, conf=conf, iou=iou, workers=workers)
         return run_val(weights=weights, data=data, imgsz=o["imgsz"], batch=batch, conf=conf, iou=iou, split=split,
@@ -223,7 +222,7 @@ def predict(
     """Run a detector on images."""
 
     def run() -> Any:
-        from effteacher.engine.predictor import run_predict
+        from effteacher.predict.predictor import run_predict
 
         imgsz_ = _checked(imgsz=imgsz, conf=conf, iou=iou, max_det=max_det)["imgsz"]
         return run_predict(source=source, weights=weights, conf=conf, iou=iou, max_det=max_det, imgsz=imgsz_,
@@ -254,7 +253,7 @@ def pseudo(
     """Pseudo-label images for review: YOLO txt (reliable boxes), COCO JSON (reliable + uncertain), review.csv."""
 
     def run() -> Any:
-        from effteacher.engine.pseudo_export import run_pseudo
+        from effteacher.labeling.pseudo_export import run_pseudo
 
         imgsz_ = _checked(imgsz=imgsz)["imgsz"]
         return run_pseudo(source=source, weights=weights, conf=conf, flip=flip, save_to_dataset=save_to_dataset,
@@ -283,7 +282,7 @@ def rank(
     """Choose which unlabeled images to label next: to_label.txt (best first) and rank.csv (every score)."""
 
     def run() -> Any:
-        from effteacher.engine.rank import run_rank
+        from effteacher.labeling.rank import run_rank
 
         imgsz_ = _checked(imgsz=imgsz)["imgsz"]
         return run_rank(weights=weights, data=data, budget=budget, labeled=labeled, flip=flip, imgsz=imgsz_,
@@ -328,7 +327,7 @@ def convert(
     """Convert an official YOLOv5 checkpoint to an effteacher one, reading it without running its code."""
 
     def run() -> Any:
-        from effteacher.engine.pretrained import convert as convert_fn
+        from effteacher.models.pretrained import convert as convert_fn
 
         return convert_fn(weights, output)
 

@@ -8,7 +8,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
 from effteacher.errors import ConfigError
+from effteacher.utils.yaml_io import read_yaml
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Supervised loss gains and options (METHOD.md section 2)."""
+    """Supervised loss gains and options (docs/method.md section 2)."""
 
     box: float = 0.05
     obj: float = 1.0  # scaled by (imgsz/640)^2 at build time
@@ -76,7 +79,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class SSODConfig:
-    """Mean teacher, Pseudo Label Assigner and Epoch Adaptor (METHOD.md sections 3-5)."""
+    """Mean teacher, Pseudo Label Assigner and Epoch Adaptor (docs/method.md sections 3-5)."""
 
     lambda_u: float = 1.0  # unlabeled loss weight (3.0 on COCO-like data)
     unsup_box: float = 0.05
@@ -87,9 +90,9 @@ class SSODConfig:
     # a whole labeled batch (and their errors with them).
     density_norm: bool = True
     # Reliable pseudo boxes train the class head on the teacher's class probabilities instead of its
-    # argmax one-hot (off = METHOD.md's hard targets); for teachers that localise well but misclassify.
+    # argmax one-hot (off = the hard targets of docs/method.md section 3); for teachers that localise well but misclassify.
     soft_cls: bool = False
-    # What the thresholds split: "joint" = obj x class probability (METHOD.md), "obj" = the teacher's
+    # What the thresholds split: "joint" = obj x class probability (docs/method.md section 3), "obj" = the teacher's
     # objectness alone decides reliable / uncertain / background, and the class probability gates only
     # the class loss (cls_thres). For teachers that find objects before they name them right.
     score: Literal["joint", "obj"] = "joint"
@@ -108,7 +111,7 @@ class SSODConfig:
     obj_box_thres: float = 0.99  # uncertain boxes get a box loss only above this teacher objectness
     thresholds: Literal["adaptor", "fixed", "gmm"] = "adaptor"
     ea_alpha: float = 0.6  # Epoch Adaptor: tau2 keeps the top alpha of the expected boxes
-    domain_adapt: bool = False  # one distribution for L and U: measured neutral (benchmarks/RESULTS.md)
+    domain_adapt: bool = False  # a domain discriminator pulls L and U features together (off: no gain in docs/benchmarks.md)
     lambda_da: float = 0.1
     da_rampup: int = 500  # SSOD iterations over which the domain loss weight ramps linearly from 0 to lambda_da
     teacher_decay: float = 0.0  # EMA decay of the teacher after burn-in; 0 = auto (0.99-0.999 by SSOD length)
@@ -257,16 +260,12 @@ def replace(cfg: Any, **changes: Any) -> Any:
 
 
 def save_yaml(cfg: Any, path: Path) -> None:
-    import yaml
-
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:
     """The YAML mapping at ``path``; ConfigError (one line naming the file) when it is missing, unreadable,
     not valid YAML or not a mapping."""
-    from effteacher.utils.yaml_io import read_yaml
-
     d = read_yaml(path, ConfigError, "config YAML") or {}
     if not isinstance(d, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys (key: value lines), got a {type(d).__name__}")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from effteacher.engine.pseudo_export import BELOW, RELIABLE, UNCERTAIN, PseudoRule, box_status, rule_from_checkpoint
-from effteacher.ssod.active import (
+from effteacher.labeling.pseudo_export import BELOW, RELIABLE, UNCERTAIN, PseudoRule, box_status, rule_from_checkpoint
+from effteacher.labeling.scores import (
     binary_entropy,
     class_rarity,
     class_rarity_weights,

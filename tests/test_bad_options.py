@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from effteacher.cli import app
 from effteacher.config import TrainConfig
-from effteacher.engine.validate import OPTION_RANGES, TRAIN_RANGES, Range, _fields, check_options
+from effteacher.options import OPTION_RANGES, TRAIN_RANGES, Range, _fields, check_options
 
 HUGE = ("1" + "0" * 30, "18446744073709551617")
 
@@ -232,7 +232,7 @@ def test_labeled_file_without_extension(tmp_path):
 
 def test_checkpoint_metadata_types(tmp_path, monkeypatch):
     """A file that says format: effteacher but holds model: 5 is a CheckpointError naming the file."""
-    from effteacher.engine.checkpoint import load_checkpoint
+    from effteacher.models.checkpoint import load_checkpoint
     from effteacher.errors import CheckpointError
 
     p = tmp_path / "bad.pt"
@@ -281,7 +281,8 @@ def test_missing_listed_image_is_not_found(tmp_path, capsys):
     import numpy as np
 
     from effteacher.data.dataset import image_shape
-    from effteacher.engine.predictor import _read, find_sources
+    from effteacher.data.sources import find_sources
+    from effteacher.predict.predictor import _read
     from effteacher.errors import DatasetError
 
     img = tmp_path / "a.jpg"

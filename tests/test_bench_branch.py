@@ -12,7 +12,7 @@ from effteacher.data.sample import SampleConfig, generate
 
 @pytest.fixture(scope="module")
 def src_run(tmp_path_factory) -> Path:
-    from effteacher.engine.trainer import train
+    from effteacher.train.trainer import train
 
     root = tmp_path_factory.mktemp("branch")
     data = generate(root / "ds", SampleConfig(n_train=24, n_val=6, imgsz=96, min_digit=16, max_digit=40, max_digits=3),

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from effteacher.config import TrainConfig, to_dict
-from effteacher.engine.checkpoint import (
+from effteacher.models.checkpoint import (
     FORMAT_VERSION,
     load_checkpoint,
     make_checkpoint,
@@ -135,7 +135,7 @@ def test_junk_bytes(tmp_path: Path) -> None:
 
 
 def test_first_line_never_cuts_a_word() -> None:
-    from effteacher.engine.checkpoint import first_line
+    from effteacher.models.checkpoint import first_line
 
     long = RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central directory. This is an "
                         "internal miniz error. If you are seeing this error, the file is probably corrupted.")

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from effteacher.engine import dist as D
+from effteacher.utils import dist as D
 from effteacher.errors import DeviceError
 
 

@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from effteacher.cli import app
-from effteacher.engine.metrics import ap_per_class, compute_ap, match_predictions
+from effteacher.val.metrics import ap_per_class, compute_ap, match_predictions
 
 TINY = ["--imgsz", "64", "--batch", "4", "--workers", "0"]
 
@@ -53,7 +53,7 @@ def _cli(args: list[str]):
 @pytest.fixture(scope="module")
 def blind_run(tiny_data, tmp_path_factory) -> Path:
     """A tiny supervised run whose every validation finds nothing (the detector's output is emptied)."""
-    import effteacher.engine.evaluator as evaluator
+    import effteacher.val.evaluator as evaluator
 
     root = tmp_path_factory.mktemp("blind")
     real = evaluator.detections_from_output

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from effteacher.data.records import ImageRecord
-from effteacher.engine.evaluator import Evaluator, ValResult
+from effteacher.val.evaluator import Evaluator, ValResult
 from effteacher.export.runtime import Backend
 
 PAD = 114
@@ -137,8 +137,8 @@ def test_class_count_mismatch(tmp_path: Path) -> None:
 
 def test_run_val_pt_and_onnx_agree(tmp_path: Path, capsys) -> None:
     """`effteacher val` path: dataset YAML -> scan -> any weights format -> runs/val/exp{N}."""
-    from effteacher.engine.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
-    from effteacher.engine.evaluator import run_val
+    from effteacher.models.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
+    from effteacher.val.evaluator import run_val
     from effteacher.export.api import export_metadata
     from effteacher.export.onnx import export_onnx
     from effteacher.models.build import build_model

@@ -12,8 +12,8 @@ import torch
 from typer.testing import CliRunner
 
 from effteacher.cli import app
-from effteacher.engine.checkpoint import make_checkpoint, save_checkpoint
-from effteacher.engine.postprocess import non_max_suppression
+from effteacher.models.checkpoint import make_checkpoint, save_checkpoint
+from effteacher.models.postprocess import non_max_suppression
 from effteacher.errors import ExportError
 from effteacher.export.api import check_parity, output_diffs, run_export
 from effteacher.export.nms import NMSHead
@@ -50,7 +50,7 @@ def save(ckpts: dict[str, dict], variant: str, folder: Path) -> Path:
 
 
 def eager(ckpt: dict) -> DeployModel:
-    from effteacher.engine.checkpoint import model_from_checkpoint
+    from effteacher.models.checkpoint import model_from_checkpoint
 
     return DeployModel(model_from_checkpoint(ckpt)).eval().requires_grad_(False)
 

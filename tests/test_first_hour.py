@@ -22,10 +22,10 @@ from typer.testing import CliRunner
 
 from effteacher.cli import app
 from effteacher.config import TrainConfig, defaults_for, replace
-from effteacher.engine.logger import TrainProgress, progress_layout
-from effteacher.engine.results_csv import epoch_summary, results_row
-from effteacher.engine.setup import discard_if_failed
-from effteacher.engine.validate import TRAIN_RANGES, _fields, check_train_config, train_config_problems
+from effteacher.utils.progress import TrainProgress, progress_layout
+from effteacher.train.results_csv import epoch_summary, results_row
+from effteacher.train.setup import discard_if_failed
+from effteacher.options import TRAIN_RANGES, _fields, check_train_config, train_config_problems
 from effteacher.utils.files import umask
 
 TINY = ["--imgsz", "96", "--batch", "4", "--workers", "0"]
@@ -288,7 +288,7 @@ def test_label_cache_is_readable_like_the_labels(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------ 6. messages
 def test_predict_names_a_truncated_jpeg_and_goes_on(tmp_path):
-    from effteacher.engine.checkpoint import make_checkpoint, save_checkpoint
+    from effteacher.models.checkpoint import make_checkpoint, save_checkpoint
     from effteacher.models.build import build_model
 
     torch.manual_seed(0)
@@ -309,7 +309,7 @@ def test_predict_names_a_truncated_jpeg_and_goes_on(tmp_path):
 
 
 def test_version_and_model_help_at_80_columns(monkeypatch):
-    from effteacher import __version__
+    from effteacher.version import __version__
 
     res = _invoke(["--version"])
     assert res.exit_code == 0 and res.output.strip() == f"effteacher {__version__}"

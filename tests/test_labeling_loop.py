@@ -244,7 +244,7 @@ def test_training_from_a_labeled_list(loop, tmp_path):
 def test_list_layout_where_only_listed_images_have_labels(loop, tmp_path):
     """Every image in train, label files only for the listed ones: the rest is U, with no hidden labels to report on."""
     from effteacher.config import TrainConfig, replace
-    from effteacher.engine.setup import load_train_data
+    from effteacher.train.setup import load_train_data
 
     src = loop["root"] / "ds"
     ds = tmp_path / "ds"
@@ -258,7 +258,7 @@ def test_list_layout_where_only_listed_images_have_labels(loop, tmp_path):
     y.write_text(yaml.safe_dump({**yaml.safe_load(loop["yaml"].read_text()), "path": "."}))
     lst = ds / "labeled.txt"
     lst.write_text("".join(f"images/train/{f.name}\n" for f in train[:6]))
-    from effteacher.engine.dist import DistContext
+    from effteacher.utils.dist import DistContext
 
     data = load_train_data(replace(TrainConfig(), data=str(y), labeled=str(lst)), tmp_path / "run", False,
                            DistContext.from_env("cpu"))

@@ -8,8 +8,8 @@ import pytest
 import torch
 from rich.console import Console
 
-from effteacher.engine.results_csv import CSVLogger
-from effteacher.engine.logger import (
+from effteacher.train.results_csv import CSVLogger
+from effteacher.utils.progress import (
     TrainProgress,
     memory_gb,
     print_threshold_table,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from effteacher.data.records import ImageRecord
-from effteacher.engine.metrics import (
+from effteacher.val.metrics import (
     ConfusionMatrix,
     ap_per_class,
     box_iou_np,

@@ -14,8 +14,8 @@ import torch
 import torch.multiprocessing as mp
 
 from effteacher.config import TrainConfig, replace, to_dict
-from effteacher.engine import dist as D
-from effteacher.engine import setup as S
+from effteacher.utils import dist as D
+from effteacher.train import setup as S
 from effteacher.errors import CheckpointError, DatasetError, DeviceError
 from effteacher.ssod.thresholds import EpochAdaptorThresholds
 
@@ -40,7 +40,7 @@ def _adaptor() -> EpochAdaptorThresholds:
 
 
 def _fake_last(run: Path, cfg: TrainConfig) -> Path:
-    from effteacher.engine.checkpoint import make_checkpoint, save_checkpoint
+    from effteacher.models.checkpoint import make_checkpoint, save_checkpoint
     from effteacher.models.build import build_model
 
     ckpt = make_checkpoint(build_model("n", 10), [str(i) for i in range(10)], 96, "ema", 2, {}, to_dict(cfg),

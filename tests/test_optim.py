@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from effteacher.config import OptimConfig
-from effteacher.engine.optim import (
+from effteacher.train.optim import (
     accumulate_steps,
     apply_warmup,
     build_optimizer,

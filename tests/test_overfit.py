@@ -13,7 +13,7 @@ import torch
 from effteacher.config import LossConfig
 from effteacher.data.loaders import LabeledDataset
 from effteacher.data.records import ImageRecord
-from effteacher.engine.evaluator import Evaluator
+from effteacher.val.evaluator import Evaluator
 from effteacher.losses.detection import DetectionLoss
 from effteacher.models.build import build_model
 

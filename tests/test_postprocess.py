@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from effteacher.engine.postprocess import non_max_suppression
+from effteacher.models.postprocess import non_max_suppression
 
 
 def iou_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from effteacher.engine.checkpoint import make_checkpoint, save_checkpoint
-from effteacher.engine.predictor import Detector, find_sources, run_predict
+from effteacher.models.checkpoint import make_checkpoint, save_checkpoint
+from effteacher.data.sources import find_sources
+from effteacher.predict.predictor import Detector, run_predict
 from effteacher.errors import CheckpointError, DatasetError
 from effteacher.export.runtime import load_backend
 from effteacher.utils.boxes import xywhn2xyxy
@@ -108,7 +109,7 @@ def test_bad_weights(tmp_path: Path) -> None:
 
 
 def _export(weights: Path, tmp_path: Path, fmt: str, **kw) -> Path:
-    from effteacher.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from effteacher.models.checkpoint import load_checkpoint, model_from_checkpoint
     from effteacher.export.api import export_metadata
     from effteacher.models.head import DeployModel
 

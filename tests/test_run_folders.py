@@ -77,7 +77,7 @@ def test_second_train_into_a_busy_folder_is_refused_and_the_first_finishes(tiny_
     assert first.poll() is None, "the first run ended before the second could start"
     first.send_signal(signal.SIGSTOP)  # paused, still alive: it holds the folder for as long as the test needs
     t0 = time.time()
-    subprocess.run([sys.executable, "-c", "import effteacher.cli, effteacher.engine.trainer, effteacher.models.build"], env=ENV, check=True)
+    subprocess.run([sys.executable, "-c", "import effteacher.cli, effteacher.train.trainer, effteacher.models.build"], env=ENV, check=True)
     start = time.time() - t0  # the interpreter's start with the model code (torch, torchvision) imported
     for second in (["train", *args, "--epochs", "2"], ["train", "--resume", str(run), "--workers", "0"]):
         t0 = time.time()
@@ -126,9 +126,9 @@ def test_failed_command_leaves_no_run_folder(command, trained, tiny_data, tmp_pa
         "split": ["split", "--data", str(tiny_data)],
     }[command]
     if command == "val":
-        _fail(monkeypatch, "effteacher.engine.evaluator.Evaluator.run")
+        _fail(monkeypatch, "effteacher.val.evaluator.Evaluator.run")
     elif command == "rank":
-        _fail(monkeypatch, "effteacher.utils.files.atomic_write_text")
+        _fail(monkeypatch, "effteacher.labeling.rank.atomic_write_text")
     elif command == "split":
         _fail(monkeypatch, "effteacher.data.split.write_split")
     res = _cli([*args, *common])

@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from effteacher.cli import app
-from effteacher.engine.checkpoint import load_checkpoint
+from effteacher.models.checkpoint import load_checkpoint
 from effteacher.errors import CheckpointError
 from effteacher.models.yolov5_import import import_yolov5
 from effteacher.utils.safe_pickle import NotATorchZip, Record, RefusedGlobal, load_inert, walk_records

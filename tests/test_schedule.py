@@ -3,7 +3,7 @@
 import pytest
 
 from effteacher.config import OptimConfig, SchedConfig, TrainConfig, replace
-from effteacher.engine.schedule import (
+from effteacher.train.schedule import (
     EpochPlan,
     Plateau,
     burn_in_done,

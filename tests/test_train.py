@@ -136,8 +136,8 @@ def test_hidden_labels_never_reach_training(tiny_data, tmp_path, monkeypatch):
     """Poisoning the hidden labels of U changes nothing in training: weights are bit-identical."""
     import numpy as np
 
-    import effteacher.engine.trainer as trainer_mod
-    from effteacher.engine import setup as setup_mod
+    import effteacher.train.trainer as trainer_mod
+    from effteacher.train import setup as setup_mod
 
     original = setup_mod.load_train_data
 

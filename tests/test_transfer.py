@@ -8,8 +8,8 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
-from effteacher.engine.checkpoint import make_checkpoint, save_checkpoint
-from effteacher.engine.pretrained import init_from_weights, read_weights, weights_variant
+from effteacher.models.checkpoint import make_checkpoint, save_checkpoint
+from effteacher.models.pretrained import init_from_weights, read_weights, weights_variant
 from effteacher.errors import CheckpointError
 from effteacher.models.build import build_model
 from effteacher.models.transfer import class_map, head_output_keys, remap_head_rows, transfer_state

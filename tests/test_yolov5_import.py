@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from effteacher.cli import app
 from effteacher.data.sample import SampleConfig, generate
-from effteacher.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from effteacher.models.checkpoint import load_checkpoint, model_from_checkpoint
 from effteacher.errors import CheckpointError
 from effteacher.models.head import DeployModel
 

@@ -15,6 +15,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import albumentations as A
 import cv2
 import numpy as np
 
@@ -205,7 +206,6 @@ def augment_hsv(img: np.ndarray, rng: np.random.Generator, h: float, s: float, v
 
 @functools.lru_cache(maxsize=8)
 def _photometric(color_jitter: float, blur: float, noise: float):  # -> albumentations.Compose
-    import albumentations as A
 
     return A.Compose(
         [

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from effteacher.data.records import ImageRecord
 from effteacher.data.spec import img2label_path, is_coco_json, read_coco, resolve_images
 from effteacher.errors import DatasetError
 from effteacher.utils.boxes import xywh2xyxy, xyxy2xywh
+from effteacher.utils.console import console, info, warn
 from effteacher.utils.files import atomic_write, default_cache_dir
 
 CACHE_VERSION = "2"  # 2: bad label rows are skipped, the image kept (entries hold nbad)
@@ -303,9 +305,7 @@ def _run(items: list[str], fn, desc: str, progress: bool) -> list[_Entry]:
     with ThreadPoolExecutor(workers) as ex:
         if not progress:
             return list(ex.map(fn, items))
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from effteacher.utils.console import console
 
         out = []
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -372,8 +372,6 @@ def _scan(sources: list[Path], names: list[str] | None, cache_dir: Path | None, 
         res.n_background += int(len(e.cls) == 0 and nc is not None)
         res.records.append(ImageRecord(path=p, shape=e.shape, cls=e.cls, boxes=e.boxes))
     if progress and not quiet:
-        from effteacher.utils.console import info, warn
-
         cache = f" (cache {res.cache_path}, {res.n_cached} reused)" if res.cache_path else ""
         info(f"Scanned {where}: {res.summary()}{cache}")
         for m in res.messages[:MAX_WARNINGS]:

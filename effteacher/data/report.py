@@ -7,8 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.markup import escape
+from rich.table import Table
 
+from effteacher.data.dataset import _scan
+from effteacher.data.spec import img2label_path, is_coco_json, load_spec, resolve_images
 from effteacher.errors import DatasetError
+from effteacher.utils.console import console
 
 MAX_MESSAGES = 100
 IGNORED_LABEL_FILES = ("classes.txt",)  # written by labelling tools next to the labels, not a label file
@@ -29,8 +34,6 @@ def orphan_labels(sources: list[Path]) -> list[str]:
     of ``sources`` (every labeled split together, so splits sharing a folder do not flag each other) that
     no image of the sources maps to. COCO JSON sources have no label files; ``classes.txt`` is ignored.
     """
-    from effteacher.data.spec import img2label_path, is_coco_json, resolve_images
-
     plain = [Path(os.path.abspath(s)) for s in sources if not is_coco_json(s)]
     used = {img2label_path(p) for p in resolve_images(plain)}
     walks = {(p.parent, False) for p in used if p.parent.is_dir()}
@@ -60,13 +63,6 @@ def run_check(data: str) -> dict[str, Any]:
     when the dataset has no problem. Raises DatasetError after the report when train or val has no usable
     labeled image, or when any problem was found (so `effteacher check` exits 1 and CI can gate on it).
     """
-    from rich.table import Table
-    from rich.markup import escape
-
-    from effteacher.data.dataset import _scan
-    from effteacher.data.spec import load_spec
-    from effteacher.utils.console import console
-
     spec = load_spec(data)
     con = console()
     scans, inst = {}, {}

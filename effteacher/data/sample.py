@@ -17,8 +17,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import yaml
+from rich.progress import track
+from sklearn.datasets import load_digits
 
 from effteacher.errors import DatasetError
+from effteacher.utils.console import console, info
 from effteacher.utils.files import default_cache_dir
 
 SAMPLE_DIR = "sample-v2"
@@ -69,8 +72,6 @@ BUILTIN: dict[str, SampleConfig] = {
 
 def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's bundled 8x8 handwritten digits: images (1797, 8, 8) float32 0-1, targets (1797,)."""
-    from sklearn.datasets import load_digits
-
     d = load_digits()
     return (d.images / 16.0).astype(np.float32), d.target.astype(np.int64)
 
@@ -262,10 +263,6 @@ def generate(root: Path, cfg: SampleConfig = SampleConfig(), progress: bool = Tr
         (root / "labels" / split / f"{i:06d}.txt").write_text(text)
 
     if progress:
-        from rich.progress import track
-
-        from effteacher.utils.console import console
-
         for job in track(jobs, description=f"Generating sample dataset in {root}", console=console(stderr=True),
                          transient=True):
             one(job)
@@ -324,7 +321,6 @@ def ensure_sample(root: str | Path | None = None, cfg: SampleConfig = SampleConf
         shutil.rmtree(tmp, ignore_errors=True)
         if not (marker.is_file() and marker.read_text() == params):
             raise
-    from effteacher.utils.console import info
 
     info(f"Dataset {cfg.folder}: {cfg.n_train} train + {cfg.n_val} val images at {cfg.imgsz} px generated in "
          f"{time.perf_counter() - t0:.1f}s -> {root}")

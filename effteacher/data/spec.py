@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from effteacher.data.sample import BUILTIN, ensure_sample
 from effteacher.errors import DatasetError
 from effteacher.utils.files import default_cache_dir
 from effteacher.utils.yaml_io import read_yaml
@@ -207,8 +208,6 @@ def _has_image(src: Path) -> bool:
 
 def load_spec(data: str | Path) -> DatasetSpec:
     """Parse a dataset YAML (or ``'sample'``, generated on first use) into absolute sources and names."""
-    from effteacher.data.sample import BUILTIN, ensure_sample
-
     if str(data) in BUILTIN:
         data = ensure_sample(cfg=BUILTIN[str(data)])
     yaml_path = Path(data).expanduser()

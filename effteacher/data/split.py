@@ -10,10 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from rich.table import Table
 
+from effteacher.data.dataset import scan_labeled
 from effteacher.data.records import ImageRecord
+from effteacher.data.spec import load_spec
 from effteacher.errors import DatasetError
-from effteacher.utils.files import atomic_write_text
+from effteacher.utils.console import console
+from effteacher.utils.files import atomic_write_text, run_folder
 
 SPLIT_FORMAT = 1
 
@@ -295,13 +299,6 @@ def load_split(out_dir: str | Path, records: list[ImageRecord]) -> Split:
 def run_split(data: str, labeled: str, seed: int, project: str | Path = "runs/split", name: str = "exp",
               exist_ok: bool = False) -> Path:
     """The `split` command: scan train, split, write the manifest into an incremented run folder."""
-    from rich.table import Table
-
-    from effteacher.data.dataset import scan_labeled
-    from effteacher.data.spec import load_spec
-    from effteacher.utils.console import console
-    from effteacher.utils.files import run_folder
-
     spec = load_spec(data)
     scan = scan_labeled(spec.train, spec.names)
     split = build_split(scan.records, labeled, seed, nc=spec.nc, root=spec.root)

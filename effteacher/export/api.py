@@ -10,6 +10,15 @@ import torch
 from torch import Tensor, nn
 
 from effteacher.errors import ExportError
+from effteacher.export.nms import DeployWithNMS
+from effteacher.export.onnx import export_onnx, onnx_runner
+from effteacher.export.tensorrt import TensorRTBackend, export_engine, import_tensorrt, require_cuda
+from effteacher.export.torchscript import export_torchscript, load_torchscript
+from effteacher.models.checkpoint import load_checkpoint, model_from_checkpoint
+from effteacher.models.head import DeployModel
+from effteacher.utils.console import info, warn
+from effteacher.utils.dist import select_device
+from effteacher.version import __version__
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript", "engine": ".engine"}
 NMS_TOP = 10  # rows of each image compared for --nms exports (the highest-scoring detections)
@@ -88,8 +97,6 @@ def export_metadata(
     names, imgsz [h, w], stride (max), variant, nc, nms (0/1), effteacher_version, plus batch and
     dynamic (0/1) so runtimes know whether the input shape is fixed.
     """
-    from effteacher import __version__
-
     meta = ckpt["model"]
     return {
         "names": list(meta["names"]),
@@ -106,8 +113,6 @@ def export_metadata(
 
 def _export_size(imgsz: int | None, ckpt: dict[str, Any], stride: int) -> tuple[int, int]:
     """The (h, w) to export at: ``imgsz`` or the checkpoint's, rounded up to a multiple of the stride."""
-    from effteacher.utils.console import warn
-
     size = int(imgsz if imgsz is not None else ckpt["model"].get("imgsz", 640))
     if size < 1:
         raise ExportError(f"--imgsz {size} must be positive")
@@ -119,9 +124,6 @@ def _export_size(imgsz: int | None, ckpt: dict[str, Any], stride: int) -> tuple[
 
 def _load_deploy_model(weights: Path, device: torch.device, half: bool) -> tuple[nn.Module, dict[str, Any], int]:
     """(DeployModel of the checkpoint's ``state_dict`` weights in eval mode, checkpoint dict, max stride)."""
-    from effteacher.engine.checkpoint import load_checkpoint, model_from_checkpoint
-    from effteacher.models.head import DeployModel
-
     ckpt = load_checkpoint(weights)
     detector = model_from_checkpoint(ckpt, device)
     model = DeployModel(detector).to(device).eval()
@@ -163,14 +165,11 @@ def run_export(
     in-graph NMS thresholds (``nms``). Raises ExportError / CheckpointError / DeviceError with a
     one-line message for user mistakes.
     """
-    from effteacher.utils.console import info
-
     fmt = str(format).lower().lstrip(".")
     if fmt not in FORMATS:
         raise ExportError(f"--format {format!r} is not supported; choose one of: {', '.join(FORMATS)}")
     if batch < 1 or max_det < 1:
         raise ExportError(f"--batch ({batch}) and --max-det ({max_det}) must be >= 1")
-    from effteacher.engine.dist import select_device
 
     dev = select_device(device)
     if half and dev.type != "cuda":
@@ -178,8 +177,6 @@ def run_export(
     if nms and fmt == "torchscript":
         raise ExportError("--nms puts NMS in ONNX/TensorRT graphs only; drop --nms for --format torchscript")
     if fmt == "engine":
-        from effteacher.export.tensorrt import import_tensorrt, require_cuda
-
         require_cuda(dev)
         import_tensorrt()
     weights = Path(weights)
@@ -195,8 +192,6 @@ def run_export(
     probes = [x, _dynamic_probe(x, stride)] if dynamic else [x]
     torch_fn: Callable[[Tensor], Tensor] = model
     if nms:
-        from effteacher.export.nms import DeployWithNMS
-
         torch_fn = DeployWithNMS(model, max_det, iou, conf).eval()
     # TensorRT may run fp32 layers in TF32, so engines get the fp16 tolerances
     atol, score_atol = tolerances(dtype == torch.float16 or fmt == "engine", hw)
@@ -204,20 +199,14 @@ def run_export(
     info(f"Exporting {weights} ({meta['variant']}, nc={meta['nc']}) to {fmt} at {hw[0]}x{hw[1]}, batch {batch}"
          f"{', dynamic' if dynamic else ''}{', fp16' if half else ''}{', NMS in graph' if nms else ''}")
     if fmt == "torchscript":
-        from effteacher.export.torchscript import export_torchscript, load_torchscript
-
         path = export_torchscript(model, weights.with_suffix(FORMATS[fmt]), hw, batch, meta)
         runtime_fn: Callable[[Tensor], Tensor] = load_torchscript(path, dev)[0]
         what = "TorchScript"
     else:
-        from effteacher.export.onnx import export_onnx, onnx_runner
-
         onnx_path = export_onnx(model, weights.with_suffix(".onnx"), hw, batch, dynamic, opset, nms, max_det, iou,
                                 conf, simplify, meta)
         path, what = onnx_path, "onnxruntime"
         if fmt == "engine":
-            from effteacher.export.tensorrt import TensorRTBackend, export_engine
-
             engine_path = weights.with_suffix(FORMATS[fmt])
             path = export_engine(onnx_path, engine_path, half, dynamic, hw, batch, workspace, meta)
             runtime_fn, what = TensorRTBackend(path, dev), "TensorRT"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import warnings
 from pathlib import Path
@@ -55,8 +56,6 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
 
 def _simplify(path: Path) -> str:
     """Simplify the ONNX file in place with onnxslim (or onnxsim); returns a one-line note of what happened."""
-    import importlib.util
-
     import onnx
 
     tool = next((t for t in ("onnxslim", "onnxsim") if importlib.util.find_spec(t) is not None), None)

@@ -8,9 +8,13 @@ from typing import Any
 
 import torch
 
-from effteacher.engine.checkpoint import first_line
 from effteacher.errors import CheckpointError, ExportError
 from effteacher.export.backend import Backend
+from effteacher.export.onnx import onnx_session, read_onnx_metadata
+from effteacher.export.torchscript import load_torchscript
+from effteacher.models.checkpoint import first_line, load_checkpoint, model_from_checkpoint
+from effteacher.models.head import DeployModel
+from effteacher.utils.dist import select_device
 
 SUFFIXES = (".pt", ".onnx", ".torchscript", ".engine")
 
@@ -23,8 +27,6 @@ class TorchBackend(Backend):
 
     def __init__(self, model: torch.nn.Module, names: list[str], imgsz: int | tuple[int, int],
                  device: torch.device, half: bool = False) -> None:
-        from effteacher.models.head import DeployModel
-
         size = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)
         stride = int(model.stride.max()) if hasattr(model, "stride") else 32
         super().__init__(names, size, stride, device)
@@ -45,8 +47,6 @@ class OnnxBackend(Backend):
     format = "onnx"
 
     def __init__(self, path: Path, device: torch.device) -> None:
-        from effteacher.export.onnx import onnx_session, read_onnx_metadata
-
         try:
             meta = read_onnx_metadata(path)
             self.session = onnx_session(path, device)
@@ -75,8 +75,6 @@ class TorchScriptBackend(Backend):
     format = "torchscript"
 
     def __init__(self, path: Path, device: torch.device) -> None:
-        from effteacher.export.torchscript import load_torchscript
-
         try:
             self.model, meta = load_torchscript(path, device)
         except Exception as e:  # noqa: BLE001 - torch.jit raises RuntimeError/ValueError for bad files
@@ -127,8 +125,6 @@ def load_backend(weights: str | Path, device: str | torch.device = "cpu", half: 
     Raises CheckpointError for a missing file or an unknown suffix, DeviceError for a bad device,
     ExportError when a TensorRT engine cannot run here.
     """
-    from effteacher.engine.dist import select_device
-
     dev = device if isinstance(device, torch.device) else select_device(str(device))
     path = Path(weights)
     suffix = path.suffix.lower()
@@ -139,8 +135,6 @@ def load_backend(weights: str | Path, device: str | torch.device = "cpu", half: 
         raise CheckpointError(f"{path}: weights file not found; check the path "
                               "(e.g. runs/train/exp/weights/best.pt or an exported .onnx)")
     if suffix == ".pt":
-        from effteacher.engine.checkpoint import load_checkpoint, model_from_checkpoint
-
         ckpt = load_checkpoint(path)
         model = model_from_checkpoint(ckpt, dev)
         return TorchBackend(model, list(ckpt["model"]["names"]), int(ckpt["model"]["imgsz"]), dev, half=half)

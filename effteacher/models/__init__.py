@@ -1,1 +1,1 @@
-"""Detector models: YOLOv5 CSP-PAN family and RetinaNet-style ResNet-FPN, with a shared head and decode."""
+"""Detector models (YOLOv5 CSP-PAN, RetinaNet-style ResNet-FPN, shared head and decode), checkpoint files, pretrained weights and YOLOv5 import, post-processing (NMS)."""

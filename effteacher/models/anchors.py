@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.cluster import KMeans
 
 
 def _ratio_metric(wh: np.ndarray, anchors: np.ndarray) -> np.ndarray:
@@ -44,8 +45,6 @@ def kmeans_anchors(
     whitened by their std, then ``gen`` generations of multiplicative mutation kept when they
     raise the fitness mean(best ratio above 1/thr). Labels under 2 px are ignored.
     """
-    from sklearn.cluster import KMeans
-
     wh0 = np.asarray(torch.as_tensor(wh).detach().cpu(), dtype=np.float64).reshape(-1, 2)
     wh0 = wh0[(wh0 >= 2.0).all(1)]
     if len(wh0) < n:

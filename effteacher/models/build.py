@@ -13,7 +13,7 @@ from effteacher.models.head import Detector, init_head_biases
 from effteacher.models.retina import RetinaBody, load_backbone_weights, retina_head
 from effteacher.models.yolo import YOLOBody
 
-# Default anchors, pixels at 640 (METHOD.md section 2): P3, P4, P5, 3 (w, h) pairs each.
+# Default anchors, pixels at 640 (docs/method.md section 2): P3, P4, P5, 3 (w, h) pairs each.
 DEFAULT_ANCHORS: tuple[tuple[float, ...], ...] = (
     (10, 13, 16, 30, 33, 23),
     (30, 61, 62, 45, 59, 119),

@@ -1,1 +1,1 @@
-"""Semi-supervised parts: teacher EMA, Pseudo Label Assigner, thresholds, domain discriminator."""
+"""Semi-supervised parts: teacher EMA, Pseudo Label Assigner, thresholds (Epoch Adaptor, GMM), class gate, dense targets, domain discriminator, pseudo-label quality."""

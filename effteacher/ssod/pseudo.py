@@ -37,7 +37,7 @@ def assign_pseudo_labels(
     score_mode: str = "joint",
     cls_thres: float | Tensor = 0.0,
 ) -> tuple[Tensor, dict[str, Any]]:
-    """Split the teacher's detections into reliable / uncertain student targets (METHOD.md section 3).
+    """Split the teacher's detections into reliable / uncertain student targets (docs/method.md section 3).
 
     dets: per image (n, 7) ``[x1, y1, x2, y2, score, cls, obj]`` in WEAK-view pixels (post-NMS).
     M: (B, 3, 3) weak->strong pixel transforms. strong_hw: (H, W) of the strong view.

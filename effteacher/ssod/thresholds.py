@@ -8,6 +8,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture
 from torch import Tensor
 
 from effteacher.errors import CheckpointError, ConfigError
@@ -25,7 +27,7 @@ TAU_GAP = 0.05
 def adaptor_thresholds(
     sorted_scores: Sequence[Tensor], n_c: Sequence[float], n_l: int, n_u: int, alpha: float = 0.6
 ) -> tuple[list[float | None], list[float | None]]:
-    """The Epoch Adaptor formula (METHOD.md section 4), unbounded.
+    """The Epoch Adaptor formula (docs/method.md section 4), unbounded.
 
     sorted_scores: per class a 1-D tensor of the epoch's teacher scores sorted DESCENDING.
     n_c: labeled ground-truth boxes per class; n_l, n_u: labeled / unlabeled image counts.
@@ -57,9 +59,6 @@ def gmm_threshold(scores: Tensor | np.ndarray, min_scores: int = 4) -> float | N
     (highest mixture log-density); the threshold is the smallest high-component score that is >=
     that sample's score. None when fewer than ``min_scores`` scores or no spread.
     """
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.mixture import GaussianMixture
-
     x = np.asarray(scores.detach().cpu() if isinstance(scores, Tensor) else scores, dtype=np.float64).reshape(-1, 1)
     if x.shape[0] < min_scores or float(x.max() - x.min()) < 1e-6:
         return None
@@ -129,7 +128,7 @@ class ThresholdStrategy:
     def end_epoch(self, all_gather: GatherFn | None = None) -> dict[str, Any]:
         """Gather the epoch's scores, recompute thresholds, clear the buffer; returns a summary.
 
-        all_gather: concatenates a 1-D tensor across DDP ranks (e.g. ``engine.dist.all_gather_tensor``
+        all_gather: concatenates a 1-D tensor across DDP ranks (e.g. ``effteacher.utils.dist.all_gather_tensor``
         bound to the context); overrides the one given at construction; None = single process.
         """
         scores, classes, n_images = self._epoch_buffers(all_gather or self.all_gather)

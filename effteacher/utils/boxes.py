@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 
 def _clone(x: Any) -> Any:
@@ -78,8 +79,6 @@ def transform_boxes(boxes: Any, matrix: Any) -> Any:
     n = boxes.shape[0]
     is_torch = hasattr(boxes, "new_ones")
     if is_torch:
-        import torch
-
         corners = boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(n * 4, 2)
         ones = boxes.new_ones(n * 4, 1)
         pts = torch.cat([corners, ones], 1) @ matrix.to(boxes.dtype).T

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+from effteacher.errors import RunFolderBusyError
+
 try:
     import fcntl
 except ImportError:  # not a POSIX system: run folders are not locked
@@ -72,8 +74,6 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         """Lock the folder, or raise RunFolderBusyError naming the PID of the process holding it."""
-        from effteacher.errors import RunFolderBusyError
-
         if fcntl is None:
             return self
         while True:

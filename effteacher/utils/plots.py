@@ -8,7 +8,10 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+import cv2
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 MAX_MOSAIC = 1920  # longest side of a batch mosaic in pixels
 _FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX
@@ -35,9 +38,6 @@ def color(i: int) -> tuple[int, int, int]:
 
 def _figure(figsize: tuple[float, float]) -> Any:
     """A matplotlib Figure drawn by the Agg canvas (no pyplot, no global backend state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=figsize, dpi=100)
     FigureCanvasAgg(fig)
     return fig
@@ -52,8 +52,6 @@ def _save_fig(fig: Any, path: str | Path, dpi: int = 100) -> Path:
 
 
 def _save_rgb(img: np.ndarray, path: str | Path) -> Path:
-    import cv2
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), np.ascontiguousarray(img[..., ::-1])):
@@ -75,8 +73,6 @@ def _to_hwc(imgs: Any, n: int) -> list[np.ndarray]:
 
 def _label(img: np.ndarray, text: str, x: int, y: int, rgb: tuple[int, int, int], scale: float) -> None:
     """Text on a filled box whose top-left is near (x, y), kept inside the image."""
-    import cv2
-
     th = max(int(round(scale * 2)), 1)
     (tw, tht), base = cv2.getTextSize(text, _FONT, scale, th)
     x = int(min(max(x, 0), max(img.shape[1] - tw - 1, 0)))
@@ -88,8 +84,6 @@ def _label(img: np.ndarray, text: str, x: int, y: int, rgb: tuple[int, int, int]
 def _dashed_rect(img: np.ndarray, p1: tuple[int, int], p2: tuple[int, int], rgb: tuple[int, int, int],
                  thickness: int, dash: int = 5) -> None:
     """A rectangle drawn as dashes (cv2 has no dashed lines): one polylines call per box."""
-    import cv2
-
     (x1, y1), (x2, y2) = p1, p2
     segs = []
     for (ax, ay), (bx, by) in (((x1, y1), (x2, y1)), ((x2, y1), (x2, y2)), ((x2, y2), (x1, y2)), ((x1, y2), (x1, y1))):
@@ -116,8 +110,6 @@ def _grid(tiles: list[np.ndarray], ncols: int, pad: int = 2) -> np.ndarray:
 
 def _resize_tiles(tiles: list[np.ndarray], n_across: int) -> tuple[list[np.ndarray], float]:
     """Resize all tiles to the first one's size times a factor keeping the mosaic <= MAX_MOSAIC."""
-    import cv2
-
     h, w = tiles[0].shape[:2]
     s = min(1.0, MAX_MOSAIC / max(n_across * w, 1), MAX_MOSAIC / max(n_across * h, 1))
     size = (max(int(w * s), 1), max(int(h * s), 1))
@@ -126,8 +118,6 @@ def _resize_tiles(tiles: list[np.ndarray], n_across: int) -> tuple[list[np.ndarr
 
 
 def _blank(path: str | Path, text: str) -> Path:
-    import cv2
-
     img = np.full((128, 256, 3), 255, np.uint8)
     cv2.putText(img, text, (8, 68), _FONT, 0.5, (90, 90, 90), 1, cv2.LINE_AA)
     return _save_rgb(img, path)
@@ -136,8 +126,6 @@ def _blank(path: str | Path, text: str) -> Path:
 def _draw_xyxy(img: np.ndarray, xyxy: np.ndarray, cls: np.ndarray, labels: list[str], solid: np.ndarray,
                thick: int, scale: float) -> None:
     """Draw pixel boxes: ``solid`` ones with ``thick`` lines, the others dashed and thinner."""
-    import cv2
-
     xyxy = np.round(xyxy).astype(np.int64)
     for (x1, y1, x2, y2), c, text, s in zip(xyxy.tolist(), cls.tolist(), labels, solid.tolist()):
         rgb = color(int(c))
@@ -282,7 +270,6 @@ def plot_pseudo_batch(weak: Any, strong: Any, weak_dets: Sequence[Any], strong_t
     n = 0 if weak is None else min(len(weak), max_images)
     if n == 0:
         return _blank(path, "no unlabeled images")
-    import cv2
 
     tiles_w, tiles_s = _to_hwc(weak, n), _to_hwc(strong, n)
     ns = math.ceil(math.sqrt(n))

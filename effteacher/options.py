@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from effteacher.config import TrainConfig, replace
-from effteacher.errors import ConfigError
+from effteacher.data.split import is_list_spec, parse_labeled
+from effteacher.errors import ConfigError, DatasetError
+from effteacher.utils.console import warn
 
 MAX_STRIDE = 32  # largest stride of every model variant (P5); input sizes are rounded up to a multiple of it
 MAX_COUNT = 2**31 - 1  # upper bound of counts: the largest C int, what torch and numpy take as a size
@@ -201,9 +203,6 @@ def _fields(obj: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
 
 def _labeled_problem(labeled: str) -> str | None:
     """The syntax of --labeled ('10%', '0.1', '200'); the count against the dataset is checked after the scan."""
-    from effteacher.data.split import is_list_spec, parse_labeled
-    from effteacher.errors import DatasetError
-
     text = str(labeled).strip()
     path = Path(text).expanduser()
     if is_list_spec(text) and path.is_file():
@@ -222,8 +221,6 @@ def round_imgsz(imgsz: int, flag: str = "--imgsz") -> int:
     """``imgsz`` rounded up to a multiple of the models' largest stride (32), saying so when it changes."""
     new = max(math.ceil(imgsz / MAX_STRIDE), 1) * MAX_STRIDE
     if new != imgsz:
-        from effteacher.utils.console import warn
-
         warn(f"{flag} {imgsz} is not a multiple of the largest model stride {MAX_STRIDE}; using {new}")
     return new
 
@@ -275,11 +272,9 @@ def check_train_config(cfg: TrainConfig, nproc: int = 1) -> TrainConfig:
     if problems:
         raise ConfigError("\n".join(problems))
     if cfg.ssod.flip_teacher and not cfg.supervised and cfg.resume is None and cfg.aug.fliplr == 0:
-        from effteacher.utils.console import warn
-
         warn("cfg ssod.flip_teacher averages the teacher over mirror images, but aug.fliplr is 0 (data that is not "
              "mirror-symmetric, e.g. digits or text): the teacher never saw mirrored objects and its pseudo labels get "
-             "worse (-0.011 mAP50-95 on the bundled sample); set ssod.flip_teacher: false, or aug.fliplr above 0 if "
+             "worse; set ssod.flip_teacher: false, or aug.fliplr above 0 if "
              "your objects may appear mirrored")
     new = round_imgsz(cfg.imgsz)
     return cfg if new == cfg.imgsz else replace(cfg, imgsz=new)

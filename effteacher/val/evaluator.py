@@ -11,16 +11,25 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from effteacher.data.dataset import scan_labeled
+from effteacher.data.loaders import LabeledDataset, build_loader
 from effteacher.data.records import ImageRecord
-from effteacher.engine.metrics import ConfusionMatrix, ap_per_class, coco_evaluate, match_predictions
+from effteacher.data.spec import load_spec
 from effteacher.errors import ConfigError, DatasetError
+from effteacher.export.runtime import as_backend, load_backend
+from effteacher.models.postprocess import detections_from_output
 from effteacher.utils.boxes import scale_boxes, xywhn2xyxy
+from effteacher.utils.console import info
+from effteacher.utils.files import run_folder
+from effteacher.utils.plots import plot_confusion_matrix, plot_pr_curve
+from effteacher.utils.progress import print_val_table
+from effteacher.val.metrics import ConfusionMatrix, ap_per_class, coco_evaluate, match_predictions
 
 
 @dataclass
 class ValResult:
     """Metrics of one validation pass. per_class rows: dicts ``cls images instances p r map50 map``
-    (the ``all`` row first, cls -1), as ``engine.logger.print_val_table`` takes them."""
+    (the ``all`` row first, cls -1), as ``effteacher.utils.progress.print_val_table`` takes them."""
 
     precision: float = 0.0
     recall: float = 0.0
@@ -48,16 +57,6 @@ class ValResult:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def detections_from_output(out: torch.Tensor, has_nms: bool, conf: float, iou: float, max_det: int
-                           ) -> list[torch.Tensor]:
-    """Backend output -> per-image (n, 6) [x1, y1, x2, y2, score, cls] (NMS unless already in the graph)."""
-    from effteacher.engine.postprocess import non_max_suppression
-
-    if has_nms:
-        return [o[o[:, 4] > conf][:max_det].float() for o in out]
-    return non_max_suppression(out.float(), conf_thres=conf, iou_thres=iou, max_det=max_det)
 
 
 class Evaluator:
@@ -92,8 +91,6 @@ class Evaluator:
         self._loaders: dict[tuple, Any] = {}
 
     def _loader(self, imgsz: int, rect: bool, stride: int) -> Any:
-        from effteacher.data.loaders import LabeledDataset, build_loader
-
         key = (imgsz, rect, stride)
         if key not in self._loaders:
             ds = LabeledDataset(self.records, imgsz, aug=None, augment=False, rect=rect, batch_size=self.batch,
@@ -114,8 +111,6 @@ class Evaluator:
     def run(self, model_or_backend: Any, save_dir: str | Path | None = None, plots: bool = False,
             half: bool | None = None, verbose: bool = True) -> ValResult:
         """Evaluate; writes predictions.json (and PR curve / confusion matrix with ``plots``) to save_dir."""
-        from effteacher.export.runtime import as_backend
-
         half = self.half if half is None else half
         module = model_or_backend if isinstance(model_or_backend, torch.nn.Module) else None
         was_training = module.training if module is not None else False
@@ -199,8 +194,6 @@ class Evaluator:
         speed = {"preprocess": 1e3 * t[0] / n, "inference": 1e3 * t[1] / n, "nms": 1e3 * t[2] / n}
         result = ValResult(mp, mr, coco["map50"], coco["map"], rows, speed, len(self.records), int(len(target_cls)))
         if verbose:
-            from effteacher.engine.logger import print_val_table
-
             print_val_table(rows, self.names)
         if save_dir is not None:
             save_dir = Path(save_dir)
@@ -211,8 +204,6 @@ class Evaluator:
         return result
 
     def _plots(self, pr: dict[str, np.ndarray], cm: ConfusionMatrix, save_dir: Path) -> None:
-        from effteacher.utils.plots import plot_confusion_matrix, plot_pr_curve
-
         plot_pr_curve(pr["px"], pr["py"], pr["ap"][:, 0], self.names, save_dir / "PR_curve.png")
         plot_confusion_matrix(cm.matrix, self.names, save_dir / "confusion_matrix.png")
 
@@ -233,12 +224,6 @@ def run_val(
     half: bool = False,
 ) -> ValResult:
     """`effteacher val`: score any weights format on a dataset split; writes runs/val/exp{N}."""
-    from effteacher.data.dataset import scan_labeled
-    from effteacher.data.spec import load_spec
-    from effteacher.export.runtime import load_backend
-    from effteacher.utils.console import info
-    from effteacher.utils.files import run_folder
-
     if split not in ("val", "test", "train"):
         raise ConfigError(f"--split {split!r} is unknown; use val or test")
     spec = load_spec(data)

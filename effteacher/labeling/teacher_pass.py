@@ -14,7 +14,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from effteacher.data.augment import letterbox, load_resized
 from effteacher.errors import CheckpointError, DatasetError
+from effteacher.models.checkpoint import load_checkpoint, model_from_checkpoint
+from effteacher.models.head import decode
+from effteacher.models.postprocess import non_max_suppression
+from effteacher.ssod.teacher import mirror_raw
+from effteacher.utils.boxes import scale_boxes
+from effteacher.utils.console import warn
 
 # Detection columns: x1 y1 x2 y2 score cls obj, then the nc class probabilities.
 SCORE, CLS, OBJ, PROBS = 4, 5, 6, 7
@@ -53,8 +60,6 @@ class PassConfig:
 
 def load_model(weights: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """(Detector in eval mode, checkpoint dict) from an effteacher .pt; other formats get one clear error."""
-    from effteacher.engine.checkpoint import load_checkpoint, model_from_checkpoint
-
     p = Path(weights)
     if p.suffix.lower() != ".pt":
         raise CheckpointError(f"{p}: pseudo labels and ranking need an effteacher .pt checkpoint (they read the "
@@ -73,8 +78,6 @@ class _Images(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, Any, str]:
-        from effteacher.data.augment import letterbox, load_resized
-
         try:
             img, (h0, w0), (h, w) = load_resized(self.paths[i], self.imgsz)
         except DatasetError as e:
@@ -95,16 +98,12 @@ def pooled_features(feats: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def _nms(pred: torch.Tensor, cfg: PassConfig) -> list[torch.Tensor]:
-    from effteacher.engine.postprocess import non_max_suppression
-
     return non_max_suppression(pred.float(), conf_thres=cfg.conf, iou_thres=cfg.iou, agnostic=cfg.agnostic,
                                max_det=cfg.max_det, return_obj=True, return_probs=True)
 
 
 def _to_original(det: torch.Tensor, hw: tuple[int, int], shape0: tuple[int, int], ratio_pad: Any) -> np.ndarray:
     """Detections in original pixels, clipped; boxes that clipping made identical (same class) keep their best score."""
-    from effteacher.utils.boxes import scale_boxes
-
     d = det.float().cpu().numpy().astype(np.float64)
     d[:, :4] = scale_boxes(hw, d[:, :4], shape0, ratio_pad)
     if len(d) > 1:
@@ -122,10 +121,6 @@ def teacher_pass(model: torch.nn.Module, paths: Sequence[str | Path], cfg: PassC
     average of the decoded predictions of each image and its mirror image (as the flip teacher in
     training); with ``cfg.views`` the two single-view detection sets come too.
     """
-    from effteacher.models.head import decode
-    from effteacher.ssod.teacher import mirror_raw
-    from effteacher.utils.console import warn
-
     smax = int(model.stride.max())
     if cfg.imgsz % smax:
         raise DatasetError(f"--imgsz {cfg.imgsz} must be a multiple of the model stride {smax}")

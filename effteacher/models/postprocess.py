@@ -71,3 +71,11 @@ def non_max_suppression(
             cols.append(x[i[k], 5:])
         out.append(torch.cat(cols, 1))
     return out
+
+
+def detections_from_output(out: torch.Tensor, has_nms: bool, conf: float, iou: float, max_det: int
+                           ) -> list[torch.Tensor]:
+    """Backend output -> per-image (n, 6) [x1, y1, x2, y2, score, cls] (NMS unless already in the graph)."""
+    if has_nms:
+        return [o[o[:, 4] > conf][:max_det].float() for o in out]
+    return non_max_suppression(out.float(), conf_thres=conf, iou_thres=iou, max_det=max_det)

@@ -9,10 +9,12 @@ import numpy as np
 import torch
 
 from effteacher.config import to_dict
+from effteacher.models.checkpoint import make_checkpoint, save_checkpoint
+from effteacher.utils.console import info
 
 
 class StateMixin:
-    """``_save`` and ``_restore`` of :class:`effteacher.engine.trainer.Trainer`."""
+    """``_save`` and ``_restore`` of :class:`effteacher.train.trainer.Trainer`."""
 
     cfg: Any
     ctx: Any
@@ -22,8 +24,6 @@ class StateMixin:
         return "teacher" if self.ssod and done else "ema"
 
     def _save(self, epoch: int, metrics: dict[str, float], is_best: bool, finished: bool = False) -> None:
-        from effteacher.engine.checkpoint import make_checkpoint, save_checkpoint
-
         self._epoch_done = epoch + 1
         names, cfg = self.data.names, self.cfg
         th, which = self.thresholds, self._which()  # the teacher's tau1/tau2: read by `effteacher pseudo` and `rank`
@@ -72,8 +72,6 @@ class StateMixin:
         self.plan.resume(st.get("burn_epochs"))  # the EMA's own state holds its (teacher) decay
         set_rng_state(st["rng"])
         if self.ctx.is_main:
-            from effteacher.utils.console import info
-
             of = f" of {self.plan.end}" if self.plan.end else " (burn-in until validation plateaus)"
             info(f"resuming {self.run_dir} from epoch {self.start_epoch + 1}{of}")
 

@@ -8,10 +8,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import cv2
 import numpy as np
 import torch
+from rich.markup import escape
 
+from effteacher.data.augment import letterbox
+from effteacher.data.dataset import image_shape
+from effteacher.data.sources import find_sources
 from effteacher.errors import DatasetError
+from effteacher.export.runtime import load_backend
+from effteacher.models.postprocess import detections_from_output
+from effteacher.utils.boxes import scale_boxes, xyxy2xywhn
+from effteacher.utils.console import info, warn
+from effteacher.utils.files import run_folder, unique_name
 
 
 @dataclass
@@ -43,11 +53,7 @@ class Detections:
 def _read(image: Any) -> tuple[np.ndarray, str | None]:
     """A BGR uint8 (h, w, 3) image from a path (validated first: DatasetError naming a corrupt or truncated
     file) or an array (grayscale/BGRA converted)."""
-    import cv2
-
     if isinstance(image, (str, Path)):
-        from effteacher.data.dataset import image_shape
-
         if not Path(image).exists():
             raise DatasetError(f"{image}: not found; fix the path or remove it from the source list")
 
@@ -78,8 +84,6 @@ class Detector:
 
     def __init__(self, weights: str | Path, device: str = "cpu", conf: float = 0.25, iou: float = 0.45,
                  imgsz: int | None = None, max_det: int = 300, half: bool = False) -> None:
-        from effteacher.export.runtime import load_backend
-
         self.backend = load_backend(weights, device, half=half)
         self.names = list(self.backend.names)
         self.conf, self.iou, self.max_det = float(conf), float(iou), int(max_det)
@@ -88,8 +92,6 @@ class Detector:
 
     def preprocess(self, img: np.ndarray) -> tuple[torch.Tensor, tuple[tuple[float, float], tuple[float, float]]]:
         """BGR (h, w, 3) -> letterboxed RGB float (1, 3, H, W) 0-1 on the device, and its (ratio, pad)."""
-        from effteacher.data.augment import letterbox
-
         auto = self.backend.fixed_shape is None
         out, ratio, pad = letterbox(img, self.imgsz, auto=auto, stride=self.backend.stride)
         x = torch.from_numpy(np.ascontiguousarray(out[..., ::-1].transpose(2, 0, 1)))[None]  # BGR -> RGB, CHW
@@ -97,9 +99,6 @@ class Detector:
 
     def predict_one(self, image: Any) -> Detections:
         """Detections of one image (path or BGR array), boxes in its original pixels."""
-        from effteacher.engine.evaluator import detections_from_output
-        from effteacher.utils.boxes import scale_boxes
-
         img, path = _read(image)
         dev = self.backend.device
         t0 = time.perf_counter()
@@ -130,8 +129,6 @@ class Detector:
 
 def palette(n: int) -> list[tuple[int, int, int]]:
     """n distinct BGR colours (HSV wheel)."""
-    import cv2
-
     hsv = np.stack([(np.arange(max(n, 1)) * 37) % 180, np.full(max(n, 1), 200), np.full(max(n, 1), 255)], 1)
     bgr = cv2.cvtColor(hsv.astype(np.uint8)[None], cv2.COLOR_HSV2BGR)[0]
     return [tuple(int(v) for v in c) for c in bgr]
@@ -139,8 +136,6 @@ def palette(n: int) -> list[tuple[int, int, int]]:
 
 def draw_detections(img: np.ndarray, det: Detections) -> np.ndarray:
     """A copy of the BGR image with each box, its class name and score drawn."""
-    import cv2
-
     out = img.copy()
     colors = palette(len(det.names))
     lw = max(round(sum(img.shape[:2]) / 2 * 0.003), 1)
@@ -159,56 +154,10 @@ def draw_detections(img: np.ndarray, det: Detections) -> np.ndarray:
 
 def label_lines(det: Detections) -> list[str]:
     """``cls cx cy w h conf`` lines, box normalised by the original image size."""
-    from effteacher.utils.boxes import xyxy2xywhn
-
     h, w = det.shape
     xywhn = xyxy2xywhn(det.boxes.astype(np.float64), w, h)
     return [f"{int(c)} {b[0]:.6f} {b[1]:.6f} {b[2]:.6f} {b[3]:.6f} {s:.5f}"
             for c, b, s in zip(det.classes.tolist(), xywhn.tolist(), det.scores.tolist())]
-
-
-VID_FORMATS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp")
-_FRAMES_HINT = "extract frames first (e.g. ffmpeg -i VIDEO frames/%06d.jpg) and pass the folder"
-
-
-def find_sources(source: str | Path) -> list[Path]:
-    """Images named by SOURCE: a file, a folder (recursive), a glob or a .txt list. DatasetError if none.
-
-    Paths a .txt list names that do not exist are skipped with a warning each ("not found"); a video file gets
-    a line saying videos are not supported yet.
-    """
-    import os
-
-    from effteacher.data.spec import IMG_FORMATS, is_image, resolve_images
-    from effteacher.utils.console import warn
-
-    s = str(source)
-    p = Path(s).expanduser()
-    if not any(ch in s for ch in "*?[") and not p.exists():
-        raise DatasetError(f"source '{s}' does not exist; pass an image file, a folder, a glob or a .txt list")
-    if p.is_file() and p.suffix.lower() in VID_FORMATS:
-        raise DatasetError(f"{s}: video files are not supported yet; {_FRAMES_HINT}")
-    if p.is_file() and p.suffix.lower() != ".txt" and not is_image(p):
-        raise DatasetError(f"{s}: not an image file (extensions: {', '.join(IMG_FORMATS)}); pass an image, a folder, "
-                           "a glob or a .txt list")
-    files = resolve_images([p])
-    if p.is_file() and p.suffix.lower() == ".txt":
-        missing = [f for f in files if not f.exists()]
-        for f in missing[:10]:
-            warn(f"{f}: not found (listed in {s}); skipped")
-        if len(missing) > 10:
-            warn(f"... and {len(missing) - 10} more paths listed in {s} not found")
-        files = [f for f in files if f.exists()]
-        if missing and not files:
-            raise DatasetError(f"none of the {len(missing)} images listed in {s} exist; fix the paths in the list")
-    if not files:
-        videos = [f for f in ([p] if p.is_file() else [Path(r) / n for r, _, ns in os.walk(p) for n in ns]
-                              if p.is_dir() else []) if f.suffix.lower() in VID_FORMATS]
-        if videos:
-            raise DatasetError(f"no images found in '{s}', only {len(videos)} video files: videos are not supported "
-                               f"yet; {_FRAMES_HINT}")
-        raise DatasetError(f"no images found in '{s}' (extensions: {', '.join(IMG_FORMATS)})")
-    return files
 
 
 def run_predict(
@@ -227,12 +176,6 @@ def run_predict(
     exist_ok: bool = False,
 ) -> Path:
     """`effteacher predict`: run weights on SOURCE; writes into runs/predict/exp{N} and returns that folder."""
-    import cv2
-    from rich.markup import escape
-
-    from effteacher.utils.console import info, warn
-    from effteacher.utils.files import run_folder, unique_name
-
     files = find_sources(source)
     det = Detector(weights, device=device, conf=conf, iou=iou, imgsz=imgsz, max_det=max_det)
     with run_folder(project, name, exist_ok) as save_dir:
@@ -281,4 +224,4 @@ def run_predict(
         return save_dir
 
 
-__all__: Sequence[str] = ("Detector", "Detections", "run_predict", "find_sources", "label_lines", "draw_detections")
+__all__: Sequence[str] = ("Detector", "Detections", "run_predict", "label_lines", "draw_detections")

@@ -1,18 +1,21 @@
-"""Training logs: the per-epoch progress bar and the val/threshold tables (results.csv: engine/results_csv.py)."""
+"""Training logs: the per-epoch progress bar and the val/threshold tables (results.csv: train/results_csv.py)."""
 
 from __future__ import annotations
 
 import math
+import resource
 import sys
 import time
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
 from rich.table import Table
 from rich.text import Text
 
+from effteacher.utils.console import console as get_console
 
 PROGRESS_KEYS = ("box", "obj", "cls", "unsup", "pseudo")
 
@@ -20,15 +23,11 @@ PROGRESS_KEYS = ("box", "obj", "cls", "unsup", "pseudo")
 def memory_gb() -> float:
     """Peak memory of this process in GB: CUDA max reserved if CUDA is in use, else peak RSS."""
     try:
-        import torch
-
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             return torch.cuda.max_memory_reserved() / 1e9
     except Exception:  # noqa: BLE001 - memory display must never break training
         pass
     try:
-        import resource
-
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return rss / 1e9 if sys.platform == "darwin" else rss * 1024 / 1e9  # bytes on macOS, KiB on Linux
     except (ImportError, OSError):
@@ -129,8 +128,6 @@ class TrainProgress:
         if not enabled:
             return
         if console is None:
-            from effteacher.utils.console import console as get_console
-
             console = get_console()
         self.console = console
         elapsed = False
@@ -262,6 +259,5 @@ def _to_numpy(x: Any) -> np.ndarray:
 def _console(console: Console | None) -> Console:
     if console is not None:
         return console
-    from effteacher.utils.console import console as get_console
 
     return get_console()

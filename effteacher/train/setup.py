@@ -13,12 +13,22 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from rich.markup import escape
 
 from effteacher.config import TrainConfig, from_dict, replace, save_yaml
+from effteacher.data.dataset import scan_labeled, scan_unlabeled
 from effteacher.data.records import ImageRecord
-from effteacher.engine import dist
-from effteacher.engine.dist import DistContext
+from effteacher.data.spec import load_spec
+from effteacher.data.split import build_split, dataset_hash, load_split, write_split
 from effteacher.errors import CheckpointError, ConfigError, DatasetError
+from effteacher.models.build import VARIANTS
+from effteacher.models.checkpoint import load_checkpoint
+from effteacher.models.pretrained import init_from_weights as init
+from effteacher.utils import dist
+from effteacher.utils.console import info
+from effteacher.utils.dist import DistContext
+from effteacher.utils.files import RunLock, increment_path, make_run_dir
+from effteacher.utils.files import discard_if_failed as discard
 
 
 @dataclass
@@ -52,8 +62,6 @@ def new_run_dir(project: str | Path, name: str, exist_ok: bool, mkdir: bool = Tr
 
     With ``exist_ok`` an existing folder is reused and reported as not created: it is never removed.
     """
-    from effteacher.utils.files import increment_path, make_run_dir
-
     if mkdir:
         return make_run_dir(project, name, exist_ok)
     return increment_path(project, name, exist_ok, mkdir=False), False
@@ -70,8 +78,6 @@ def discard_if_failed(created: Callable[[], Path | None]) -> Iterator[None]:
 
     Folders the run did not create (--exist-ok, --resume) and folders with a checkpoint are never touched.
     """
-    from effteacher.utils.files import discard_if_failed as discard
-
     with discard(created, keep=_holds_checkpoint):
         yield
 
@@ -79,9 +85,6 @@ def discard_if_failed(created: Callable[[], Path | None]) -> Iterator[None]:
 def preflight(cfg: TrainConfig) -> None:
     """Checks that need no run folder, made before one is created: the model name, the dataset YAML and its
     folders, and the --weights file (a resume reads only its own last.pt)."""
-    from effteacher.data.spec import load_spec
-    from effteacher.engine.checkpoint import load_checkpoint
-
     check_model_name(cfg.model)
     if cfg.resume is not None:
         return
@@ -96,11 +99,6 @@ def finished_run(cfg: TrainConfig) -> Path | None:
 
     Raises ConfigError for ``--epochs N`` at or below the epochs the run has done (nothing is written).
     """
-    from rich.markup import escape
-
-    from effteacher.engine.checkpoint import load_checkpoint
-    from effteacher.utils.console import info
-
     if cfg.resume is None:
         return None
     path = find_resume(cfg.resume, cfg.project)
@@ -167,10 +165,6 @@ def resolve_run(cfg: TrainConfig, ctx: DistContext) -> RunFolder:
     nodes (a shared file system), otherwise rank 0 sends its copy. Errors (no last.pt, a bad batch
     size) are raised on every rank.
     """
-    from effteacher.engine.checkpoint import load_checkpoint
-
-    from effteacher.utils.files import RunLock
-
     loaded: dict[str, Any] = {}
 
     def decide() -> tuple[str, TrainConfig, bool]:
@@ -227,10 +221,6 @@ def load_train_data(cfg: TrainConfig, run_dir: Path, resuming: bool, ctx: DistCo
     every rank must see the same train set (DatasetError otherwise), and rank 0 chooses the split
     (the same seeded split a single process makes), writes it and sends it to the others.
     """
-    from effteacher.data.dataset import scan_labeled, scan_unlabeled
-    from effteacher.data.spec import load_spec
-    from effteacher.data.split import build_split, dataset_hash, load_split, write_split
-
     is_main = ctx.is_main
     with dist.torch_distributed_zero_first(ctx):  # rank 0 also generates a bundled sample dataset first
         spec = load_spec(cfg.data)
@@ -270,9 +260,7 @@ def load_train_data(cfg: TrainConfig, run_dir: Path, resuming: bool, ctx: DistCo
 
 
 def init_from_weights(model: torch.nn.Module, weights: str, names: list[str]) -> int:
-    """Transfer learning from ``--weights`` (see :func:`effteacher.engine.pretrained.init_from_weights`)."""
-    from effteacher.engine.pretrained import init_from_weights as init
-
+    """Transfer learning from ``--weights`` (see :func:`effteacher.models.pretrained.init_from_weights`)."""
     return init(model, weights, names)
 
 
@@ -303,7 +291,5 @@ def ddp_child_argv(args_yaml: Path) -> list[str]:
 
 
 def check_model_name(name: str) -> None:
-    from effteacher.models.build import VARIANTS
-
     if name not in VARIANTS:
         raise ConfigError(f"unknown model '{name}'; choose one of {', '.join(VARIANTS)}")

@@ -2,29 +2,38 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 
-from effteacher.engine.setup import init_from_weights, labeled_box_sizes
+from effteacher.data.loaders import InfiniteLoader, LabeledDataset, UnlabeledDataset, build_loader
+from effteacher.losses.detection import DetectionLoss
+from effteacher.models.anchors import check_anchors
+from effteacher.models.build import build_model
+from effteacher.models.head import decode
+from effteacher.ssod.class_gate import ClassGate
+from effteacher.ssod.domain import DomainDiscriminator
+from effteacher.ssod.teacher import ModelEMA
+from effteacher.ssod.thresholds import build_thresholds
+from effteacher.train.optim import build_optimizer, warmup_iters
+from effteacher.train.schedule import EpochPlan, ema_schedule, lr_fn, resolve_optimizer
+from effteacher.train.setup import init_from_weights, labeled_box_sizes
+from effteacher.train.train_state import run_optimizer
+from effteacher.utils.console import warn
+from effteacher.val.evaluator import Evaluator
 
 
 class BuildMixin:
-    """``_build_loaders``, ``_build_model`` and ``_build_optim`` of :class:`effteacher.engine.trainer.Trainer`."""
+    """``_build_loaders``, ``_build_model`` and ``_build_optim`` of :class:`effteacher.train.trainer.Trainer`."""
 
     cfg: Any
     ctx: Any
 
     def _build_model(self) -> None:
-        from effteacher.losses.detection import DetectionLoss
-        from effteacher.models.anchors import check_anchors
-        from effteacher.models.build import build_model
-        from effteacher.ssod.domain import DomainDiscriminator
-        from effteacher.engine.schedule import EpochPlan, ema_schedule
-        from effteacher.ssod.teacher import ModelEMA
-
         cfg, nc = self.cfg, len(self.data.names)
         model = build_model(cfg.model, nc)
         if cfg.weights and self.resume_ckpt is None:
@@ -57,9 +66,6 @@ class BuildMixin:
         """AMP on CUDA unless --no-amp; falls back to fp32 if autocast outputs disagree with fp32."""
         if not self.cfg.amp or self.device.type != "cuda":
             return False
-        from effteacher.models.head import decode
-        from effteacher.utils.console import warn
-
         m = self.model.eval()
         x = torch.rand(2, 3, 128, 128, device=self.device)
         with torch.no_grad():
@@ -73,11 +79,6 @@ class BuildMixin:
         return ok
 
     def _build_loaders(self) -> None:
-        from effteacher.data.loaders import InfiniteLoader, LabeledDataset, UnlabeledDataset, build_loader
-        from effteacher.engine.evaluator import Evaluator
-        from effteacher.ssod.class_gate import ClassGate
-        from effteacher.ssod.thresholds import build_thresholds
-
         cfg, ctx = self.cfg, self.ctx
         bs = max(cfg.batch // ctx.world_size, 1)
         self.labeled_ds = LabeledDataset(self.data.labeled, cfg.imgsz, cfg.aug, augment=True, cache=cfg.cache, seed=cfg.seed)
@@ -105,14 +106,6 @@ class BuildMixin:
                                    device=self.device) if ctx.is_main else None
 
     def _build_optim(self) -> None:
-        import dataclasses
-
-        from torch.optim.lr_scheduler import LambdaLR
-
-        from effteacher.engine.optim import build_optimizer, warmup_iters
-        from effteacher.engine.schedule import lr_fn, resolve_optimizer
-        from effteacher.engine.train_state import run_optimizer
-
         cfg = self.cfg
         params = nn.ModuleDict({"model": self.model})
         if self.disc is not None:

@@ -10,10 +10,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.markup import escape
 from torch import nn
 
 from effteacher.errors import CheckpointError
+from effteacher.models.build import build_model
+from effteacher.models.yolov5_import import import_yolov5
+from effteacher.utils.console import info
 from effteacher.utils.files import atomic_write
+from effteacher.version import __version__
 
 FORMAT = "effteacher"
 FORMAT_VERSION = 1
@@ -50,8 +55,6 @@ def _plain(value: Any, where: str) -> Any:
 
 def versions() -> dict[str, str]:
     """Versions of effteacher, torch and python (stored in every checkpoint)."""
-    from effteacher import __version__
-
     return {"effteacher": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
 
 
@@ -290,11 +293,6 @@ def yolov5_checkpoint(path: str | Path) -> dict[str, Any]:
     The file is read by :func:`effteacher.models.yolov5_import.import_yolov5`, which imports and runs
     nothing from it; CheckpointError (naming the file) when it is not a YOLOv5 model we can map.
     """
-    from rich.markup import escape
-
-    from effteacher.models.yolov5_import import import_yolov5
-    from effteacher.utils.console import info
-
     path = Path(path)
     imp = import_yolov5(path)
     m = imp.model
@@ -307,8 +305,6 @@ def yolov5_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the Detector stored in ``ckpt`` (variant, nc, anchors), load its weights, eval mode."""
-    from effteacher.models.build import build_model
-
     meta = ckpt["model"]
     try:
         model = build_model(meta["variant"], nc=int(meta["nc"]), anchors=meta.get("anchors"))

@@ -7,6 +7,8 @@ import io
 from typing import Any, Sequence
 
 import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from effteacher.data.records import ImageRecord
 from effteacher.utils.boxes import xywhn2xyxy
@@ -205,9 +207,6 @@ def coco_evaluate(
     original pixels, "score": float}]. Returns map50, map (0.5:0.95) floats and per_class_ap50,
     per_class_map (nc,) numpy arrays (0.0 for classes without GT). Zero predictions -> zeros.
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     nc = len(names)
     zeros = {"map50": 0.0, "map": 0.0, "per_class_ap50": np.zeros(nc), "per_class_map": np.zeros(nc)}
     gt = coco_ground_truth(gt_records, names)

@@ -13,8 +13,17 @@ import torch
 from rich.markup import escape
 from torch import nn
 
-from effteacher.engine.checkpoint import FORMAT, load_checkpoint, model_from_checkpoint, save_checkpoint, yolov5_checkpoint
 from effteacher.errors import CheckpointError
+from effteacher.models.checkpoint import (
+    FORMAT,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+    yolov5_checkpoint,
+)
+from effteacher.models.retina import RetinaBody, is_resnet_state_dict, load_backbone_state
+from effteacher.models.transfer import transfer_state
+from effteacher.utils.console import info
 
 
 def _resnet_arch(sd: dict[str, Any]) -> str | None:
@@ -36,10 +45,8 @@ def read_weights(path: str | Path) -> tuple[str, dict[str, Any]]:
     """("resnet", state_dict) for a torchvision ResNet state_dict, else ("checkpoint", ckpt).
 
     ckpt is an effteacher checkpoint, or an official YOLOv5 file converted in memory (see
-    :func:`effteacher.engine.checkpoint.load_checkpoint`); CheckpointError for anything else.
+    :func:`effteacher.models.checkpoint.load_checkpoint`); CheckpointError for anything else.
     """
-    from effteacher.models.retina import is_resnet_state_dict
-
     p = Path(path)
     if p.is_file():
         try:
@@ -70,10 +77,6 @@ def init_from_weights(model: nn.Module, path: str | Path, names: list[str]) -> i
       :func:`effteacher.models.transfer.transfer_state`), so a different class set keeps backbone and neck.
     - torchvision ResNet state_dict: the backbone of a retina model (ImageNet normalisation is inside it).
     """
-    from effteacher.models.retina import RetinaBody, load_backbone_state
-    from effteacher.models.transfer import transfer_state
-    from effteacher.utils.console import info
-
     kind, obj = read_weights(path)
     variant = getattr(model, "variant", "?")
     total = len(model.state_dict())
@@ -103,8 +106,6 @@ def convert(weights: str | Path, output: str | Path | None = None) -> Path:
     The output (default ``<stem>-effteacher.pt`` next to the input) is read back with
     ``torch.load(weights_only=True)`` and must give the same outputs as the converted model.
     """
-    from effteacher.utils.console import info
-
     src = Path(weights)
     try:
         plain = torch.load(src, map_location="cpu", weights_only=True)

@@ -9,6 +9,13 @@ import torch
 from torch import nn
 
 from effteacher.config import SSODConfig
+from effteacher.models.head import decode
+from effteacher.models.postprocess import non_max_suppression
+from effteacher.ssod.dense import dense_loss, dense_targets
+from effteacher.ssod.domain import domain_loss
+from effteacher.ssod.metrics import pseudo_precision_recall
+from effteacher.ssod.teacher import flip_ensemble_predict
+from effteacher.utils.boxes import xywhn2xyxy
 
 
 @torch.no_grad()
@@ -17,10 +24,6 @@ def teacher_predict(teacher: nn.Module, x_w: torch.Tensor, s: SSODConfig, floor:
     """Teacher detections on the weak view: per image (n, 7) ``x1 y1 x2 y2 score cls obj`` (+ nc probabilities
     with ``soft_cls``), NMS class-aware or class-agnostic (``s.agnostic_nms``), scores above ``floor``; and,
     with ``s.dense_topk``, the teacher's raw per-level logits (without the flip ensemble) for dense targets."""
-    from effteacher.engine.postprocess import non_max_suppression
-    from effteacher.models.head import decode
-    from effteacher.ssod.teacher import flip_ensemble_predict
-
     raw = None
     with torch.autocast(x_w.device.type, enabled=amp):
         if s.dense_topk > 0 or not s.flip_teacher:
@@ -40,7 +43,6 @@ def dense_for(raw_t: list[torch.Tensor] | None, M: torch.Tensor, teacher: nn.Mod
     """``student_losses``' dense argument from the teacher's raw maps (None without ``s.dense_topk``)."""
     if raw_t is None:
         return None
-    from effteacher.ssod.dense import dense_targets
 
     t = dense_targets(raw_t, M, [float(v) for v in teacher.stride], hw, s.dense_topk)
     return (t, balance, gains[0], gains[1])
@@ -60,9 +62,6 @@ def pseudo_quality(dets: list[torch.Tensor], hidden: torch.Tensor, hw: Any, tau2
     Summed (or averaged) over an epoch, their ratios are its precision and recall (``results_csv.results_row``);
     with no reliable box the precision is not measured rather than 0.
     """
-    from effteacher.ssod.metrics import pseudo_precision_recall
-    from effteacher.utils.boxes import xywhn2xyxy
-
     h, w = int(hw[0]), int(hw[1])
     img_idx = torch.cat([torch.full((d.shape[0],), i, device=d.device) for i, d in enumerate(dets)])
     d = torch.cat(dets, 0)
@@ -93,9 +92,6 @@ def student_losses(model: nn.Module, x_l: torch.Tensor, targets_l: torch.Tensor,
 
     dense: (DenseTargets, balance, gain_obj, gain_cls) with ``s.dense_topk``: the unlabeled objectness and
     class losses come from the teacher's dense maps (``loss_unsup`` then carries only the box loss)."""
-    from effteacher.ssod.dense import dense_loss
-    from effteacher.ssod.domain import domain_loss
-
     bl = x_l.shape[0]
     with torch.autocast(x_l.device.type, enabled=amp):
         raw, feats = model(torch.cat([x_l, x_s], 0), return_features=True)

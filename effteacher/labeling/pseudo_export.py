@@ -13,8 +13,17 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from rich.markup import escape
 
+from effteacher.config import SSODConfig
+from effteacher.data.sources import find_sources
+from effteacher.data.spec import img2label_path, load_spec, resolve_images
 from effteacher.errors import ConfigError, DatasetError, EffTeacherError
+from effteacher.labeling.scores import image_uncertainty
+from effteacher.labeling.teacher_pass import CLS, OBJ, PROBS, SCORE, PassConfig, load_model, teacher_pass
+from effteacher.utils import dist
+from effteacher.utils.console import info
+from effteacher.utils.files import atomic_write_text, run_folder, unique_name
 
 RELIABLE, UNCERTAIN, BELOW = 2, 1, 0
 STATUS_NAME = {RELIABLE: "reliable", UNCERTAIN: "uncertain"}
@@ -24,7 +33,7 @@ REVIEW_COLUMNS = ["rank", "image", "label_file", "n_reliable", "n_uncertain", "u
 
 @dataclass(frozen=True)
 class PseudoRule:
-    """Per-class thresholds: score >= tau2 reliable, tau1 < score < tau2 uncertain (METHOD.md section 3).
+    """Per-class thresholds: score >= tau2 reliable, tau1 < score < tau2 uncertain (docs/method.md section 3).
 
     score: "joint" (objectness x class probability) or "obj" (objectness alone), as the training's
     ``ssod.score``; source: where the thresholds came from, for the user.
@@ -42,8 +51,6 @@ def rule_from_checkpoint(ckpt: dict[str, Any], conf: float | None = None) -> Pse
 
     conf: the reliable threshold for every class instead of tau2 (tau1 is lowered to it if above).
     """
-    from effteacher.config import SSODConfig
-
     nc = int(ckpt["model"]["nc"])
     ssod = dict((ckpt.get("args") or {}).get("ssod") or {})
     base = SSODConfig()
@@ -70,8 +77,6 @@ def rule_from_checkpoint(ckpt: dict[str, Any], conf: float | None = None) -> Pse
 
 def box_status(dets: np.ndarray, rule: PseudoRule) -> np.ndarray:
     """(n, >= 7) detections ``x1 y1 x2 y2 score cls obj ...`` -> (n,) RELIABLE / UNCERTAIN / BELOW by class thresholds."""
-    from effteacher.engine.teacher_pass import CLS, OBJ, SCORE
-
     if len(dets) == 0:
         return np.zeros(0, np.int64)
     s = dets[:, OBJ] if rule.score == "obj" else dets[:, SCORE]
@@ -106,12 +111,8 @@ def coco_document(images: list[dict[str, Any]], annotations: list[dict[str, Any]
 
 def resolve_source(source: str) -> list[Path]:
     """SOURCE: a dataset YAML (its ``unlabeled`` images), or an image file, folder, glob or .txt list."""
-    from effteacher.engine.predictor import find_sources
-
     s = str(source)
     if s.lower().endswith((".yaml", ".yml")) or s in ("sample", "sample-large"):
-        from effteacher.data.spec import load_spec, resolve_images
-
         spec = load_spec(s)
         if not spec.unlabeled:
             raise DatasetError(f"{spec.yaml_path}: no 'unlabeled' entry; add unlabeled: [folder/] to the YAML or pass "
@@ -167,15 +168,6 @@ def run_pseudo(
     exist_ok: bool = False,
 ) -> Path:
     """`effteacher pseudo`: label SOURCE with the model at ``weights``; returns the output folder."""
-    from rich.markup import escape
-
-    from effteacher.data.spec import img2label_path
-    from effteacher.engine import dist
-    from effteacher.engine.teacher_pass import OBJ, PROBS, SCORE, PassConfig, load_model, teacher_pass
-    from effteacher.ssod.active import image_uncertainty
-    from effteacher.utils.console import info
-    from effteacher.utils.files import atomic_write_text, run_folder, unique_name
-
     files = resolve_source(source)
     if save_to_dataset:
         check_no_overwrite(files, [img2label_path(f) for f in files])

@@ -10,8 +10,17 @@ import numpy as np
 import torch
 
 from effteacher.config import TrainConfig, replace, save_yaml
-from effteacher.engine.results_csv import RESULTS_COLUMNS as CSV_COLUMNS
-from effteacher.engine.setup import (
+from effteacher.errors import EffTeacherError
+from effteacher.models.checkpoint import load_checkpoint, model_from_checkpoint
+from effteacher.options import check_train_config
+from effteacher.ssod.domain import da_ramp
+from effteacher.ssod.pseudo import assign_pseudo_labels
+from effteacher.ssod.teacher import hand_over
+from effteacher.train.optim import apply_warmup
+from effteacher.train.results_csv import RESULTS_COLUMNS as CSV_COLUMNS
+from effteacher.train.results_csv import CSVLogger, epoch_summary, results_row
+from effteacher.train.schedule import burn_in_done, patience_out, teacher_decay, val_every_auto
+from effteacher.train.setup import (
     ddp_child_argv,
     discard_if_failed,
     find_resume,
@@ -21,17 +30,18 @@ from effteacher.engine.setup import (
     preflight,
     resolve_run,
 )
-from effteacher.engine.train_state import StateMixin
-from effteacher.engine.trainer_build import BuildMixin
-from effteacher.errors import EffTeacherError
+from effteacher.train.ssod_step import dense_for, observed_scores, pseudo_quality, student_losses, teacher_predict
+from effteacher.train.train_state import StateMixin
+from effteacher.train.trainer_build import BuildMixin
+from effteacher.utils import dist
+from effteacher.utils.console import info, warn
 from effteacher.utils.files import RunLock
+from effteacher.utils.plots import plot_images, plot_labels, plot_pseudo_batch, plot_results
+from effteacher.utils.progress import TrainProgress, print_threshold_table
 
 
 def train(cfg: TrainConfig, nproc: int = 1) -> Path:
     """Train per ``cfg``; returns the run folder. Several GPUs (or --nproc on CPU) relaunch under DDP."""
-    from effteacher.engine import dist
-    from effteacher.engine.validate import check_train_config
-
     cfg = check_train_config(cfg, nproc)  # options, then the data and weights: all before a run folder exists
     if not dist.launched_by_torchrun():  # a DDP/torchrun worker: its launcher checked, rank 0 resolves the run
         preflight(cfg)
@@ -75,8 +85,6 @@ class Trainer(BuildMixin, StateMixin):
 
     # ----------------------------------------------------------------------------------- setup
     def setup(self) -> None:
-        from effteacher.engine import dist
-
         ctx = self.ctx
         self.device = ctx.device if ctx.distributed else dist.select_device(self.cfg.device)
         if ctx.world_size > 1:
@@ -97,10 +105,6 @@ class Trainer(BuildMixin, StateMixin):
 
     # ------------------------------------------------------------------------------ the loop
     def fit(self) -> Path:
-        from effteacher.engine import dist
-        from effteacher.engine.results_csv import CSVLogger
-        from effteacher.utils.console import info
-
         self.setup()
         cfg, ctx = self.cfg, self.ctx
         csv = CSVLogger(self.run_dir / "results.csv", CSV_COLUMNS) if ctx.is_main else None
@@ -133,8 +137,6 @@ class Trainer(BuildMixin, StateMixin):
         return self.run_dir
 
     def _supervised_epoch(self, epoch: int) -> dict[str, float]:
-        from effteacher.engine.logger import TrainProgress
-
         _set_loader_epoch(self.labeled_loader, epoch)
         nb = len(self.labeled_loader)
         prog = TrainProgress(epoch, self.plan.end or 0, nb, enabled=self.ctx.is_main)
@@ -153,8 +155,6 @@ class Trainer(BuildMixin, StateMixin):
         return {k: v / max(nb, 1) for k, v in sums.items()}
 
     def _ssod_epoch(self, epoch: int) -> dict[str, float]:
-        from effteacher.engine.logger import TrainProgress
-
         assert self.unlabeled_loader is not None
         _set_loader_epoch(self.unlabeled_loader, epoch)
         nb = len(self.unlabeled_loader)
@@ -173,11 +173,6 @@ class Trainer(BuildMixin, StateMixin):
     def _ssod_step(self, lab: tuple, unl: tuple, plot: bool, index: int,
                    ssod_iter: int) -> tuple[torch.Tensor, dict[str, Any]]:
         """Teacher pseudo labels on the weak view (no grad) -> student losses on labeled + strong."""
-        from effteacher.engine.ssod_step import (dense_for, observed_scores, pseudo_quality, student_losses,
-                                                 teacher_predict)
-        from effteacher.ssod.domain import da_ramp
-        from effteacher.ssod.pseudo import assign_pseudo_labels
-
         s = self.cfg.ssod
         imgs_l, targets_l = lab[0], lab[1].to(self.device)
         weak, strong, M, _, hidden = unl
@@ -204,8 +199,6 @@ class Trainer(BuildMixin, StateMixin):
 
     def _backward_step(self, loss: torch.Tensor, epoch: int, i: int, nb: int) -> None:
         """Backward; optimizer step every ``accumulate`` batches (and at the epoch's end); EMA update."""
-        from effteacher.engine.optim import apply_warmup
-
         if not torch.isfinite(loss):
             raise EffTeacherError(
                 f"non-finite loss at epoch {epoch + 1}, batch {i + 1}; lower --lr0 (cfg optim.lr0) or turn off AMP"
@@ -227,11 +220,6 @@ class Trainer(BuildMixin, StateMixin):
 
     def _hand_over(self) -> None:
         """End of burn-in: the student starts SSOD from the EMA weights; the EMA becomes the teacher."""
-        from effteacher.ssod.teacher import hand_over
-        from effteacher.utils.console import info
-
-        from effteacher.engine.schedule import teacher_decay
-
         p = self.plan
         assert p.burn is not None and p.end is not None
         hand_over(self.model, self.ema)
@@ -243,8 +231,6 @@ class Trainer(BuildMixin, StateMixin):
 
     def _end_threshold_epoch(self) -> dict[str, float]:
         """Recompute per-class thresholds from this epoch's teacher scores; returns the means used."""
-        from effteacher.engine import dist
-
         used = {"tau1": float(self.thresholds.tau1.mean()), "tau2": float(self.thresholds.tau2.mean())}
         gather = (lambda t: dist.all_gather_tensor(t, self.ctx)) if self.ctx.world_size > 1 else None
         self.thresholds.end_epoch(all_gather=gather)
@@ -253,11 +239,6 @@ class Trainer(BuildMixin, StateMixin):
 
     def _end_epoch(self, epoch: int, means: dict[str, float], seconds: float, csv: Any, ssod_epoch: bool) -> bool:
         """Validate the EMA/teacher, decide an auto burn-in, log, save last.pt and best.pt; True stops the run."""
-        from effteacher.engine.logger import print_threshold_table
-        from effteacher.engine.results_csv import epoch_summary, results_row
-        from effteacher.engine.schedule import burn_in_done, patience_out, val_every_auto
-        from effteacher.utils.console import info
-
         cfg = self.cfg
         plan = self.plan
         auto = plan.burn is None
@@ -297,8 +278,6 @@ class Trainer(BuildMixin, StateMixin):
 
     def _decided(self, burn: int, reason: str) -> None:
         """The auto burn-in ends after ``burn`` epochs: fix the plan and say why."""
-        from effteacher.utils.console import info
-
         self.plan.reason = reason
         self.plan.set_burn(burn)
         if self.ctx.is_main:
@@ -309,7 +288,6 @@ class Trainer(BuildMixin, StateMixin):
         """Share rank 0's stop flag and burn-in decision with every DDP rank."""
         if self.ctx.world_size == 1:
             return stop
-        from effteacher.engine import dist
 
         stop, burn = dist.broadcast_object((stop, self.plan.burn), self.ctx)
         if burn is not None and self.plan.end is None:
@@ -317,8 +295,6 @@ class Trainer(BuildMixin, StateMixin):
         return bool(stop)
 
     def _warn_pseudo(self, means: dict[str, float]) -> None:
-        from effteacher.utils.console import warn
-
         per_img_l = sum(r.n for r in self.data.labeled) / max(len(self.data.labeled), 1)
         rel = means.get("reliable", 0.0) + means.get("uncertain", 0.0)
         if rel == 0.0:
@@ -338,29 +314,20 @@ class Trainer(BuildMixin, StateMixin):
             sums[k] = sums.get(k, 0.0) + float(v)
 
     def _plot_labels(self) -> None:
-        from effteacher.utils.plots import plot_labels
-
         recs = self.data.labeled
         cls = np.concatenate([r.cls for r in recs] + [np.zeros(0, np.int64)])
         boxes = np.concatenate([r.boxes for r in recs] + [np.zeros((0, 4), np.float32)])
         plot_labels(cls, boxes, self.data.names, self.run_dir / "labels.jpg")
 
     def _plot_batch(self, imgs: torch.Tensor, targets: torch.Tensor, paths: Any, i: int) -> None:
-        from effteacher.utils.plots import plot_images
-
         plot_images(imgs, targets.cpu(), paths, self.data.names, self.run_dir / f"train_batch{i}.jpg")
 
     def _plot_pseudo(self, weak: torch.Tensor, strong: torch.Tensor, dets: list, targets_u: torch.Tensor, i: int) -> None:
-        from effteacher.utils.plots import plot_pseudo_batch
-
         plot_pseudo_batch(weak, strong, [d.cpu() for d in dets], targets_u.cpu(), self.data.names,
                           self.run_dir / f"pseudo_batch{i}.jpg", float(self.thresholds.tau2.mean()))
 
     def _finish(self) -> None:
         """Final validation of best.pt with plots, and results.png."""
-        from effteacher.engine.checkpoint import load_checkpoint, model_from_checkpoint
-        from effteacher.utils.plots import plot_results
-
         plot_results(self.run_dir / "results.csv")
         best = self.wdir / "best.pt"
         if best.exists():
@@ -369,10 +336,7 @@ class Trainer(BuildMixin, StateMixin):
 
     def _cleanup(self) -> None:
         if self.ctx.world_size > 1:
-            from effteacher.engine import dist
-
-            # leave together: a rank that tore down its gloo group while rank 0 was still in _finish aborted
-            # ("terminate called without an active exception", about 1 run in 5 of test_ddp_gloo_two_processes)
+            # leave together: a rank that tears down its gloo group while rank 0 is still in _finish aborts
             dist.barrier(self.ctx)
             dist.cleanup()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import random
 import socket
@@ -125,7 +126,6 @@ def init_distributed(ctx: DistContext, timeout_s: float = 1800.0) -> None:
     """Join the process group (env:// rendezvous) when ``ctx.distributed``; no-op otherwise."""
     if not ctx.distributed or dist.is_initialized():
         return
-    import datetime
 
     if ctx.device.type == "cuda":
         torch.cuda.set_device(ctx.device)

@@ -15,9 +15,30 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from rich.markup import escape
+from rich.table import Table
 
+from effteacher.data.dataset import scan_labeled, scan_unlabeled
 from effteacher.data.records import ImageRecord
+from effteacher.data.spec import load_spec
+from effteacher.data.split import read_labeled_list
 from effteacher.errors import ConfigError, DatasetError
+from effteacher.labeling.pseudo_export import RELIABLE, UNCERTAIN, box_status, rule_from_checkpoint
+from effteacher.labeling.scores import (
+    class_rarity,
+    class_rarity_weights,
+    combine_scores,
+    flip_disagreement,
+    image_uncertainty,
+    k_center_greedy,
+    nearest_neighbour_scale,
+    pairwise_dist,
+    standardize_features,
+)
+from effteacher.labeling.teacher_pass import CLS, OBJ, PROBS, SCORE, PassConfig, load_model, teacher_pass
+from effteacher.utils import dist
+from effteacher.utils.console import console, info, warn
+from effteacher.utils.files import atomic_write_text, run_folder
 
 SCORE_WEIGHTS = {"uncertainty": 1.0, "disagreement": 1.0, "rarity": 1.0}
 RANK_COLUMNS = ["pick", "image", "score", "uncertainty", "entropy", "margin", "objectness", "disagreement", "rarity",
@@ -49,10 +70,6 @@ def find_labeled(weights: str | Path, labeled: str | None) -> Path | None:
 
 def gather_candidates(data: str, weights: str | Path, labeled: str | None) -> tuple[Any, Candidates]:
     """(dataset spec, Candidates): train images outside the labeled list, plus the YAML's ``unlabeled`` images."""
-    from effteacher.data.dataset import scan_labeled, scan_unlabeled
-    from effteacher.data.spec import load_spec
-    from effteacher.data.split import read_labeled_list
-
     spec = load_spec(data)
     records = scan_labeled(spec.train, spec.names).records
     lst = find_labeled(weights, labeled)
@@ -84,16 +101,6 @@ def score_images(preds: Sequence[Any], labeled_counts: np.ndarray, rule: Any, fe
     near-misses are information too); n_reliable / n_uncertain count boxes by the training thresholds.
     novelty: distance of the (standardised) features to the nearest labeled image.
     """
-    from effteacher.engine.pseudo_export import RELIABLE, UNCERTAIN, box_status
-    from effteacher.engine.teacher_pass import CLS, OBJ, PROBS, SCORE
-    from effteacher.ssod.active import (
-        class_rarity,
-        class_rarity_weights,
-        flip_disagreement,
-        image_uncertainty,
-        pairwise_dist,
-    )
-
     rarity_w = class_rarity_weights(labeled_counts)
     cols: dict[str, list[float]] = {k: [] for k in ("uncertainty", "entropy", "margin", "objectness", "disagreement",
                                                     "rarity", "n_reliable", "n_uncertain")}
@@ -123,8 +130,6 @@ def select(scores: np.ndarray, features: np.ndarray, budget: int, labeled_featur
     candidates away from every labeled image and every earlier pick; closer ones have their score
     scaled down in proportion, so near-duplicates wait until nothing better is left.
     """
-    from effteacher.ssod.active import k_center_greedy, nearest_neighbour_scale
-
     radius = nearest_neighbour_scale(features)
     radius = radius if np.isfinite(radius) and radius > 0 else np.inf
     return k_center_greedy(features, budget, centers=labeled_features, weights=scores + 1e-6, radius=radius)
@@ -145,16 +150,6 @@ def run_rank(
     exist_ok: bool = False,
 ) -> Path:
     """`effteacher rank`: write to_label.txt and rank.csv for the unlabeled images of ``data``; returns the folder."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    from effteacher.engine import dist
-    from effteacher.engine.pseudo_export import rule_from_checkpoint
-    from effteacher.engine.teacher_pass import PassConfig, load_model, teacher_pass
-    from effteacher.ssod.active import combine_scores, standardize_features
-    from effteacher.utils.console import console, info, warn
-    from effteacher.utils.files import atomic_write_text, run_folder
-
     if budget < 1:
         raise ConfigError(f"--budget {budget}: rank at least 1 image")
     model, ckpt = load_model(weights, dist.select_device(device, None))

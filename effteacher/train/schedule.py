@@ -90,7 +90,7 @@ def resolve_optimizer(cfg: OptimConfig, steps: int) -> tuple[str, float]:
     """(optimizer, lr0) with ``'auto'`` and ``lr0 = 0`` resolved.
 
     auto: AdamW below 10k iterations (ultralytics' rule; from scratch it learns in a few hundred steps
-    where SGD barely starts, measured on the sample data), SGD above. lr0 0: 0.002 (AdamW), 0.01 (SGD).
+    where SGD barely starts), SGD above. lr0 0: 0.002 (AdamW), 0.01 (SGD).
     """
     name = cfg.optimizer
     if name == "auto":

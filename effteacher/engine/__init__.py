@@ -1,1 +1,0 @@
-"""Training, evaluation, prediction, checkpoints and distributed helpers."""

@@ -1,0 +1,1 @@
+"""Prediction: the `Detector` Python API and `effteacher predict`."""

@@ -1,0 +1,1 @@
+"""Validation: the evaluator (decode, NMS, pycocotools mAP, tables, plots) and detection metrics."""
