@@ -11,8 +11,9 @@ import numpy as np
 
 from benchmarks.common import record
 from effteacher.config import AugmentConfig
-from effteacher.data.loaders import InfiniteLoader, LabeledDataset, UnlabeledDataset, build_loader
+from effteacher.data.loaders import LabeledDataset, UnlabeledDataset
 from effteacher.data.records import ImageRecord
+from effteacher.data.sampling import InfiniteLoader, build_loader
 
 N_IMAGES = 64
 IMGSZ = 640

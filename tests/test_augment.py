@@ -8,24 +8,26 @@ import pytest
 
 from effteacher.config import AugmentConfig
 from effteacher.data.augment import (
-    PAD_VALUE,
     apply_cutout,
     augment_hsv,
-    fliplr,
-    flipud,
     labeled_view,
     letterbox,
-    letterbox_matrix,
     load_resized,
     mixup,
     mosaic4,
     place_mosaic4,
-    random_affine_matrix,
     sample_cutout,
     strong_view,
+    weak_view,
+)
+from effteacher.data.geometry import (
+    PAD_VALUE,
+    fliplr,
+    flipud,
+    letterbox_matrix,
+    random_affine_matrix,
     transform_and_filter,
     warp,
-    weak_view,
 )
 from effteacher.errors import DatasetError
 from effteacher.utils.boxes import transform_boxes

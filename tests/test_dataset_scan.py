@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-import effteacher.data.dataset as ds
+import effteacher.data.label_cache as label_cache
 from effteacher.data.dataset import image_shape, scan_labeled, scan_unlabeled, validate_rows
 from effteacher.errors import DatasetError
 
@@ -163,14 +163,14 @@ def test_read_only_dataset(tmp_path, monkeypatch):
     for i in range(3):
         _item(root, f"{i}", "0 0.5 0.5 0.2 0.2\n", seed=i)
     if os.geteuid() == 0:  # root ignores permissions: refuse writes under the dataset like a read-only mount
-        real = ds.atomic_write
+        real = label_cache.atomic_write
 
         def guarded(path, writer):
             if str(path).startswith(str(root)):
                 raise PermissionError(13, "Read-only file system", str(path))
             return real(path, writer)
 
-        monkeypatch.setattr(ds, "atomic_write", guarded)
+        monkeypatch.setattr(label_cache, "atomic_write", guarded)
     for p in [root, *root.rglob("*")]:
         p.chmod(stat.S_IREAD | stat.S_IEXEC if p.is_dir() else stat.S_IREAD)
     try:

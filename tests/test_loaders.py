@@ -8,15 +8,9 @@ import pytest
 import torch
 
 from effteacher.config import AugmentConfig
-from effteacher.data.loaders import (
-    InfiniteLoader,
-    LabeledDataset,
-    UnlabeledDataset,
-    build_loader,
-    rect_batch_shapes,
-    set_loader_epoch,
-)
+from effteacher.data.loaders import LabeledDataset, UnlabeledDataset, rect_batch_shapes
 from effteacher.data.records import ImageRecord
+from effteacher.data.sampling import InfiniteLoader, build_loader, set_loader_epoch
 from effteacher.errors import DatasetError
 from effteacher.utils.boxes import scale_boxes, xywhn2xyxy
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -13,12 +12,12 @@ import numpy as np
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from effteacher.data.label_cache import LabelEntry, cache_locations, file_stamp, load_cache, save_cache
 from effteacher.data.records import ImageRecord
 from effteacher.data.spec import img2label_path, is_coco_json, read_coco, resolve_images
 from effteacher.errors import DatasetError
 from effteacher.utils.boxes import xywh2xyxy, xyxy2xywh
 from effteacher.utils.console import console, info, warn
-from effteacher.utils.files import atomic_write, default_cache_dir
 
 CACHE_VERSION = "2"  # 2: bad label rows are skipped, the image kept (entries hold nbad)
 COORD_TOL = 1e-3  # coordinates up to this far outside 0-1 are clipped, further is an error
@@ -45,21 +44,8 @@ class ScanResult:
                 f"{self.n_bad_rows} bad rows skipped, {self.n_duplicates} duplicates removed")
 
 
-@dataclass
-class _Entry:
-    """Scan outcome of one image: shape (h, w), labels, ok flag, duplicate count, problem messages."""
-
-    shape: tuple[int, int]
-    cls: np.ndarray
-    boxes: np.ndarray
-    ok: bool
-    ndup: int = 0
-    msgs: list[str] = field(default_factory=list)
-    nbad: int = 0  # label rows skipped
-
-
-def _bad(msg: str, nbad: int = 0) -> _Entry:
-    return _Entry((0, 0), np.zeros(0, np.int64), np.zeros((0, 4), np.float32), False, 0, [msg], nbad)
+def _bad(msg: str, nbad: int = 0) -> LabelEntry:
+    return LabelEntry((0, 0), np.zeros(0, np.int64), np.zeros((0, 4), np.float32), False, 0, [msg], nbad)
 
 
 def image_shape(path: str | Path, min_size: int = MIN_IMAGE_SIZE) -> tuple[int, int]:
@@ -175,7 +161,7 @@ def _dedupe(cls: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray,
 
 
 def _finish(path: str, shape: tuple[int, int], rows: np.ndarray, tags: list[str], errors: list[str],
-            nc: int, where: str) -> _Entry:
+            nc: int, where: str) -> LabelEntry:
     """Validate parsed rows of one image into an entry.
 
     A bad row is skipped and reported (file:line), the image keeps its valid rows: one typo in a label file
@@ -187,22 +173,22 @@ def _finish(path: str, shape: tuple[int, int], rows: np.ndarray, tags: list[str]
     nbad = len(errors)
     if errors and not (~bad).any():
         msgs = [f"{e}; image {path} skipped (no valid row left), fix or delete the row" for e in errors]
-        return _Entry((0, 0), np.zeros(0, np.int64), np.zeros((0, 4), np.float32), False, 0, msgs, nbad)
+        return LabelEntry((0, 0), np.zeros(0, np.int64), np.zeros((0, 4), np.float32), False, 0, msgs, nbad)
     cls, boxes = cls[~bad], boxes[~bad]
     msgs = [f"{e}; row skipped (the image's other boxes are kept), fix or delete the row" for e in errors]
     cls, boxes, ndup = _dedupe(cls, boxes)
     if ndup:
         msgs.append(f"{where}: {ndup} duplicate rows removed (file left unchanged; delete them to silence this)")
-    return _Entry(shape, cls, boxes, True, ndup, msgs, nbad)
+    return LabelEntry(shape, cls, boxes, True, ndup, msgs, nbad)
 
 
-def _scan_yolo(img: str, nc: int | None) -> _Entry:
+def _scan_yolo(img: str, nc: int | None) -> LabelEntry:
     """One image and (if ``nc`` is not None) its YOLO label file."""
     try:
         shape = image_shape(img)
     except (ValueError, OSError) as e:
         return _bad(f"{img}: {e}; image skipped, re-save or delete it")
-    empty = _Entry(shape, np.zeros(0, np.int64), np.zeros((0, 4), np.float32), True)
+    empty = LabelEntry(shape, np.zeros(0, np.int64), np.zeros((0, 4), np.float32), True)
     if nc is None:
         return empty
     lbl = img2label_path(img)
@@ -216,7 +202,7 @@ def _scan_yolo(img: str, nc: int | None) -> _Entry:
     return _finish(img, shape, rows, tags, errors, nc, str(lbl))
 
 
-def _scan_coco(img: str, coco: tuple[tuple[int, int], np.ndarray, list[str]], json_path: Path, nc: int) -> _Entry:
+def _scan_coco(img: str, coco: tuple[tuple[int, int], np.ndarray, list[str]], json_path: Path, nc: int) -> LabelEntry:
     """One image of a COCO JSON: the image is checked, its annotations validated like YOLO rows."""
     (jh, jw), rows, tags = coco
     if not os.path.exists(img):
@@ -231,73 +217,7 @@ def _scan_coco(img: str, coco: tuple[tuple[int, int], np.ndarray, list[str]], js
     return _finish(img, shape, rows, tags, [], nc, f"{json_path}: {Path(img).name}")
 
 
-def _stamp(*paths: str | Path) -> str:
-    parts = []
-    for p in paths:
-        try:
-            st = os.stat(p)
-            parts.append(f"{st.st_size}:{st.st_mtime_ns}")
-        except OSError:
-            parts.append("-")
-    return "|".join(parts)
-
-
-def _cache_locations(first_label: Path, mode: str, cache_dir: Path | None) -> list[Path]:
-    """Beside the labels folder first (unless a cache_dir is given), then the user cache dir."""
-    folder = first_label.parent
-    h = hashlib.sha1(f"{folder}|{mode}".encode()).hexdigest()[:16]
-    fallback = (cache_dir or default_cache_dir() / "scans") / f"{folder.name}-{h}.npz"
-    beside = folder.parent / f"{folder.name}.effteacher-{mode}.npz"
-    return [fallback] if cache_dir is not None else [beside, fallback]
-
-
-def _load_cache(locs: list[Path], meta: str) -> dict[str, tuple[str, _Entry]]:
-    """path -> (stamp, entry) from the first cache file with the same meta; {} when none."""
-    for loc in locs:
-        try:
-            with np.load(loc, allow_pickle=False) as z:
-                if str(z["meta"]) != meta:
-                    continue
-                paths, stamps, shapes, ok, ndup = z["paths"], z["stamps"], z["shapes"], z["ok"], z["ndup"]
-                counts, cls, boxes, msgs, nbad = z["counts"], z["cls"], z["boxes"], z["msgs"], z["nbad"]
-        except (OSError, KeyError, ValueError):
-            continue
-        ends = np.cumsum(counts)
-        starts = ends - counts
-        return {
-            str(p): (str(s), _Entry((int(sh[0]), int(sh[1])), cls[a:b].copy(), boxes[a:b].copy(), bool(o), int(d),
-                                    [m for m in str(ms).split("\n") if m], int(nb)))
-            for p, s, sh, o, d, a, b, ms, nb in zip(paths, stamps, shapes, ok, ndup, starts, ends, msgs, nbad)
-        }
-    return {}
-
-
-def _save_cache(locs: list[Path], meta: str, paths: list[str], stamps: list[str], entries: list[_Entry]) -> Path | None:
-    arrays = dict(
-        meta=np.array(meta), paths=np.array(paths, dtype=str), stamps=np.array(stamps, dtype=str),
-        shapes=np.array([e.shape for e in entries], np.int64).reshape(-1, 2),
-        ok=np.array([e.ok for e in entries], bool), ndup=np.array([e.ndup for e in entries], np.int64),
-        nbad=np.array([e.nbad for e in entries], np.int64),
-        counts=np.array([len(e.cls) for e in entries], np.int64),
-        cls=np.concatenate([e.cls for e in entries] + [np.zeros(0, np.int64)]),
-        boxes=np.concatenate([e.boxes for e in entries] + [np.zeros((0, 4), np.float32)]),
-        msgs=np.array(["\n".join(m.replace("\n", " ") for m in e.msgs) for e in entries], dtype=str),
-    )
-
-    def writer(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-    for loc in locs:
-        try:
-            atomic_write(loc, writer)
-            return loc
-        except OSError:
-            continue
-    return None
-
-
-def _run(items: list[str], fn, desc: str, progress: bool) -> list[_Entry]:
+def _run(items: list[str], fn, desc: str, progress: bool) -> list[LabelEntry]:
     """Map ``fn`` over items in a thread pool, with a rich progress bar."""
     if not items:
         return []
@@ -332,12 +252,12 @@ def _scan(sources: list[Path], names: list[str] | None, cache_dir: Path | None, 
     if not paths:
         return res
     label_of = {p: (coco[p][0] if p in coco else img2label_path(p)) for p in paths} if nc is not None else {}
-    stamps = [_stamp(p, label_of[p]) if nc is not None else _stamp(p) for p in paths]
+    stamps = [file_stamp(p, label_of[p]) if nc is not None else file_stamp(p) for p in paths]
     meta = json.dumps({"v": CACHE_VERSION, "mode": mode, "names": names, "tol": COORD_TOL})
     first = label_of[paths[0]] if nc is not None else Path(paths[0])
-    locs = _cache_locations(Path(first), mode, Path(cache_dir) if cache_dir else None)
-    cached = _load_cache(locs, meta)
-    entries: list[_Entry | None] = [None] * len(paths)
+    locs = cache_locations(Path(first), mode, Path(cache_dir) if cache_dir else None)
+    cached = load_cache(locs, meta)
+    entries: list[LabelEntry | None] = [None] * len(paths)
     todo = []
     for i, (p, s) in enumerate(zip(paths, stamps)):
         hit = cached.get(p)
@@ -347,7 +267,7 @@ def _scan(sources: list[Path], names: list[str] | None, cache_dir: Path | None, 
             todo.append(i)
     res.n_cached = len(paths) - len(todo)
 
-    def one(i: int) -> _Entry:
+    def one(i: int) -> LabelEntry:
         p = paths[i]
         if p in coco:
             js, c = coco[p]
@@ -357,9 +277,9 @@ def _scan(sources: list[Path], names: list[str] | None, cache_dir: Path | None, 
     where = os.path.commonpath(paths) if len(paths) > 1 else paths[0]
     for i, e in zip(todo, _run(todo, one, f"Scanning {where}", progress)):
         entries[i] = e
-    done: list[_Entry] = [e for e in entries if e is not None]
+    done: list[LabelEntry] = [e for e in entries if e is not None]
     if todo or not cached:
-        res.cache_path = _save_cache(locs, meta, paths, stamps, done)
+        res.cache_path = save_cache(locs, meta, paths, stamps, done)
     else:
         res.cache_path = next((loc for loc in locs if loc.exists()), None)
     for p, e in zip(paths, done):

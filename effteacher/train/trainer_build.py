@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from effteacher.data.loaders import InfiniteLoader, LabeledDataset, UnlabeledDataset, build_loader
+from effteacher.data.loaders import LabeledDataset, UnlabeledDataset
+from effteacher.data.sampling import InfiniteLoader, build_loader
 from effteacher.losses.detection import DetectionLoss
 from effteacher.models.anchors import check_anchors
 from effteacher.models.build import build_model

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from effteacher.data.dataset import scan_labeled
-from effteacher.data.loaders import LabeledDataset, build_loader
+from effteacher.data.loaders import LabeledDataset
 from effteacher.data.records import ImageRecord
+from effteacher.data.sampling import build_loader
 from effteacher.data.spec import load_spec
 from effteacher.errors import ConfigError, DatasetError
 from effteacher.export.runtime import as_backend, load_backend
