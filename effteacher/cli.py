@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
 from typer.core import TyperCommand
+
+from effteacher.config import Leaf, TrainConfig, defaults_for, leaves, load_overrides, replace
+from effteacher.config.fields import show
 
 
 class _Command(TyperCommand):
@@ -85,18 +89,6 @@ def _call(ctx: typer.Context, fn: Callable[[], Any]) -> Any:
         raise typer.Exit(130) from None
 
 
-def _burn_in(value: str) -> int | str:
-    """--burn-in: 'auto' or a whole number of epochs."""
-    v = value.strip().lower()
-    if v == "auto":
-        return v
-    if not v.isdigit():
-        from effteacher.errors import ConfigError
-
-        raise ConfigError(f"--burn-in {value!r}: use 'auto' or a whole number of epochs (e.g. --burn-in 50)")
-    return int(v)
-
-
 def _version(value: bool) -> None:
     if value:
         from effteacher.version import __version__
@@ -120,58 +112,71 @@ def _checked(**options: Any) -> dict[str, Any]:
     return check_options(**options)
 
 
-@app.command(cls=_Command)
-def train(
-    ctx: typer.Context,
-    data: Optional[str] = typer.Option(None, help="Dataset YAML, or 'sample' (default) for the bundled sample dataset."),
-    labeled: Optional[str] = typer.Option(None, help="Labeled part of train: '10%' (default), '0.1', a count '200', or a file listing the labeled images."),
-    model: Optional[str] = typer.Option(None, help="n (default; with --weights: the weights' model), s, m, l, x, retina-r18 or retina-r50."),
-    epochs: Optional[int] = typer.Option(None, help="Total epochs, burn-in included (default: auto, sized from the data)."),
-    burn_in: Optional[str] = typer.Option(None, "--burn-in", help="Burn-in before SSOD: 'auto' (default: until validation plateaus) or epochs over L."),
-    imgsz: Optional[int] = typer.Option(None, help="Train/val image size in pixels (640; 256 for the sample data)."),
-    batch: Optional[int] = typer.Option(None, help="Total labeled batch size (16)."),
-    device: Optional[str] = typer.Option(None, help="cpu (default), 0, or 0,1,... (several GPUs run DDP)."),
-    weights: Optional[str] = typer.Option(None, help="Initial weights: an effteacher .pt, an official YOLOv5 .pt (v4.0-v7.0) or a torchvision ResNet state_dict (retina)."),
-    resume: Optional[str] = typer.Option(None, help="Resume a run: its folder or last.pt ('last' = newest run)."),
-    supervised: Optional[bool] = typer.Option(None, "--supervised", help="Supervised baseline on the labeled split only."),
-    seed: Optional[int] = typer.Option(None, help="Seed of the split and of training (0)."),
-    project: Optional[str] = typer.Option(None, help="Parent folder of the run (runs/train)."),
-    name: Optional[str] = typer.Option(None, help="Run name (exp, incremented unless --exist-ok)."),
-    exist_ok: Optional[bool] = typer.Option(None, "--exist-ok", help="Reuse an existing run folder."),
-    workers: Optional[int] = typer.Option(None, help="Dataloader workers (2)."),
-    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision on CUDA (default on; off on CPU)."),
-    thresholds: Optional[str] = typer.Option(None, help="Pseudo-label thresholds: adaptor (default)|fixed|gmm."),
-    patience: Optional[int] = typer.Option(None, help="Early-stop patience in epochs (100)."),
-    nproc: int = typer.Option(1, help="Processes for DDP on CPU (gloo), e.g. --device cpu --nproc 2."),
-    cfg: Optional[Path] = typer.Option(None, help="YAML with any TrainConfig keys (the args.yaml format) over the dataset's defaults."),
-    verbose: Optional[bool] = typer.Option(None, "--verbose", help="Per-class validation and threshold tables after every validation (default: at the end only)."),
-) -> None:
+_CLI_TYPES = {bool: Optional[bool], int: Optional[int], float: Optional[float]}
+
+
+def _param_name(flag: str) -> str:
+    return flag.split("/")[0].lstrip("-").replace("-", "_")
+
+
+def _flag_params(leaves: list[Leaf]) -> list[inspect.Parameter]:
+    """One typer option per setting with a flag, from its field metadata: every option defaults to None (= not
+    given: the config's value stands), its help ends with the config's default."""
+    out = []
+    for leaf in leaves:
+        m = leaf.meta
+        assert m.flag is not None
+        text = m.help if leaf.default is None else f"{m.help} (default: {show(leaf.default)})"
+        option = typer.Option(None, m.flag, help=text, show_default=False)
+        out.append(inspect.Parameter(_param_name(m.flag), inspect.Parameter.KEYWORD_ONLY, default=option,
+                                     annotation=_CLI_TYPES.get(leaf.type, Optional[str])))
+    return out
+
+
+_TRAIN_FLAGS = [leaf for leaf in leaves(TrainConfig) if leaf.meta.flag]
+
+
+def train(ctx: typer.Context, nproc: int, cfg: Optional[Path], **flags: Any) -> None:
     """Train a detector, semi-supervised by default (supervised with --supervised)."""
 
     def run() -> Any:
-        from effteacher.config import defaults_for, load_overrides, replace
         from effteacher.train.trainer import train as train_fn
 
+        data = flags["data"]
         base = load_overrides(cfg, data) if cfg else defaults_for(data)
-        given = dict(
-            data=data, labeled=labeled, model=model, epochs=epochs, burn_in=burn_in, imgsz=imgsz, batch=batch,
-            device=device, weights=weights, resume=resume, supervised=supervised, seed=seed, project=project,
-            name=name, exist_ok=exist_ok, workers=workers, amp=amp, patience=patience, verbose=verbose,
-        )
-        changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-        if weights is not None and model is None:
+        changes: dict[str, Any] = {}
+        for leaf in _TRAIN_FLAGS:
+            value = flags[_param_name(leaf.meta.flag or "")]
+            if value is not None:
+                parse = leaf.meta.parse
+                changes[leaf.key] = parse(value) if parse and isinstance(value, str) else value
+        if flags["weights"] is not None and flags["model"] is None:
             from effteacher.models.pretrained import weights_variant
 
-            changes["model"] = weights_variant(weights) or base.model
-        if burn_in is not None:
-            changes["burn_in"] = _burn_in(burn_in)
-        if resume is not None and epochs is None:
+            changes["model"] = weights_variant(flags["weights"]) or base.model
+        if flags["resume"] is not None and flags["epochs"] is None:
             changes["epochs"] = 0  # 0 = keep the resumed run's own epoch count
-        if thresholds is not None:
-            changes["ssod.thresholds"] = thresholds
         return train_fn(replace(base, **changes), nproc=nproc)
 
     _call(ctx, run)
+
+
+def _signature(fn: Callable[..., Any], params: list[inspect.Parameter]) -> None:
+    """Give ``fn`` the parameters typer reads (its signature and type hints)."""
+    fn.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    fn.__annotations__ = {p.name: p.annotation for p in params}
+
+
+_KW = inspect.Parameter.KEYWORD_ONLY
+_signature(train, [
+    inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+    *_flag_params(_TRAIN_FLAGS),
+    inspect.Parameter("nproc", _KW, annotation=int,
+                      default=typer.Option(1, help="Processes for DDP on CPU (gloo), e.g. --device cpu --nproc 2.")),
+    inspect.Parameter("cfg", _KW, annotation=Optional[Path], default=typer.Option(
+        None, help="YAML with any TrainConfig keys (the args.yaml format) over the dataset's defaults.")),
+])
+app.command(cls=_Command)(train)
 
 
 @app.command(cls=_Command)

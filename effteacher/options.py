@@ -7,131 +7,32 @@ to do; all problems of a command come in one ConfigError.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import sys
 import types
 import typing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from effteacher.config import TrainConfig, replace
+from effteacher.config import TrainConfig, leaves, replace
+from effteacher.config.fields import FRACTION, MAX_PROCS, Range, count
 from effteacher.data.split import is_list_spec, parse_labeled
 from effteacher.errors import ConfigError, DatasetError
 from effteacher.utils.console import warn
 
 MAX_STRIDE = 32  # largest stride of every model variant (P5); input sizes are rounded up to a multiple of it
-MAX_COUNT = 2**31 - 1  # upper bound of counts: the largest C int, what torch and numpy take as a size
-MAX_SEED = 2**32 - 1  # numpy's seed range (torch and python take it too)
-MAX_IMGSZ = 16384
-MAX_PROCS = 1024  # dataloader workers / DDP processes
 
-# TrainConfig keys with a command-line option of their own (else the message names the cfg key)
-_FLAGS = {
-    "batch": "--batch", "imgsz": "--imgsz", "epochs": "--epochs", "burn_in": "--burn-in", "workers": "--workers",
-    "patience": "--patience", "seed": "--seed", "labeled": "--labeled", "model": "--model", "device": "--device",
-    "ssod.thresholds": "--thresholds", "amp": "--amp/--no-amp", "supervised": "--supervised",
-    "exist_ok": "--exist-ok", "verbose": "--verbose",
-}
-
-
-@dataclass(frozen=True)
-class Range:
-    """Allowed values of a number: ``lo``/``hi`` bounds (None = open ended), strict or not, whole or not."""
-
-    lo: float | None = None
-    hi: float | None = None
-    lo_strict: bool = False
-    hi_strict: bool = False
-    whole: bool = False
-    hint: str = ""
-
-    def describe(self, value: Any = None) -> str:
-        """The range in words; the technical bound MAX_COUNT only for a ``value`` that is not below the range."""
-        parts = []
-        low = isinstance(value, (int, float)) and self.lo is not None and value < self.lo
-        if self.lo is not None:
-            parts.append(f"{'>' if self.lo_strict else '>='} {_num(self.lo)}")
-        if self.hi is not None and (self.hi != MAX_COUNT or not low):
-            parts.append(f"{'<' if self.hi_strict else '<='} {_num(self.hi)}")
-        what = "a whole number" if self.whole else "a number"
-        return f"{what} {' and '.join(parts)}" if parts else what
-
-    def ok(self, v: Any) -> bool:
-        """True for a finite number in range. Python ints of any size are compared exactly (never through float,
-        which overflows above 1e308); a number a float cannot hold is out of range of a float setting."""
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            return False
-        if isinstance(v, float) and not math.isfinite(v):
-            return False
-        if self.whole and isinstance(v, float) and not v.is_integer():
-            return False
-        if not self.whole and isinstance(v, int) and abs(v) > sys.float_info.max:
-            return False
-        if self.lo is not None and (v <= self.lo if self.lo_strict else v < self.lo):
-            return False
-        return not (self.hi is not None and (v >= self.hi if self.hi_strict else v > self.hi))
-
-
-def _num(x: float) -> str:
-    """A bound for messages: whole values as plain integers (4294967295, not 4.29497e+09)."""
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
-def _count(lo: int, hint: str = "", hi: int = MAX_COUNT) -> Range:
-    return Range(lo=lo, hi=hi, whole=True, hint=hint)
-
-
-_PROB = Range(0.0, 1.0, hint="a probability")
-_FRACTION = Range(0.0, 1.0)
-_GAIN = Range(lo=0.0)
-_DECAY = Range(0.0, 1.0, lo_strict=True, hi_strict=True)
-
-# Ranges of the numeric TrainConfig values; every numeric field has one (tests check that none is missed).
-TRAIN_RANGES: dict[str, Range] = {
-    "epochs": _count(0, "total epochs, 0 = auto (sized from the data)"),
-    "imgsz": _count(1, "pixels, e.g. --imgsz 640", hi=MAX_IMGSZ),
-    "batch": _count(1, "images per batch, e.g. --batch 16"),
-    "seed": _count(0, hi=MAX_SEED),
-    "workers": _count(0, "0 loads data in the main process", hi=MAX_PROCS),
-    "patience": _count(1, "epochs without improvement before stopping; a large value turns it off"),
-    "val_every": _count(1),
-    **{f"aug.{k}": _FRACTION for k in ("hsv_h", "hsv_s", "hsv_v")},
-    "aug.degrees": Range(0.0, 180.0), "aug.strong_degrees": Range(0.0, 180.0),
-    "aug.shear": Range(0.0, 90.0, hi_strict=True), "aug.strong_shear": Range(0.0, 90.0, hi_strict=True),
-    "aug.translate": Range(0.0, 1.0, hi_strict=True), "aug.strong_translate": Range(0.0, 1.0, hi_strict=True),
-    "aug.scale": Range(0.0, 1.0, hi_strict=True), "aug.strong_scale": Range(0.0, 1.0, hi_strict=True),
-    "aug.perspective": Range(0.0, 0.001),
-    **{f"aug.{k}": _PROB for k in ("flipud", "fliplr", "mosaic", "mixup", "strong_fliplr", "cutout", "blur", "noise",
-                                   "color_jitter", "weak_fliplr")},
-    "aug.close_mosaic": _count(0),
-    "loss.box": _GAIN, "loss.obj": _GAIN, "loss.cls": _GAIN, "loss.balance": Range(lo=0.0, lo_strict=True),
-    "loss.anchor_t": Range(lo=1.0, lo_strict=True, hint="the anchor/box size ratio limit, 4.0 by default"),
-    "loss.focal_gamma": _GAIN, "loss.focal_alpha": _FRACTION, "loss.label_smoothing": Range(0.0, 1.0, hi_strict=True),
-    "optim.lr0": Range(0.0, 1.0, hint="0 = auto: 0.01 for SGD, 0.002 for AdamW"),
-    "optim.lrf": Range(0.0, 1.0, lo_strict=True, hint="the final LR is lr0 * lrf"),
-    "optim.momentum": Range(0.0, 1.0, hi_strict=True), "optim.warmup_momentum": Range(0.0, 1.0, hi_strict=True),
-    "optim.weight_decay": Range(0.0, 1.0, hi_strict=True), "optim.warmup_epochs": _GAIN,
-    "optim.warmup_bias_lr": _GAIN, "optim.nbs": _count(1), "optim.ema_decay": _DECAY,
-    "optim.ema_window": _count(0, "0 = auto"),
-    "ssod.lambda_u": _GAIN, "ssod.unsup_box": _GAIN, "ssod.unsup_obj": _GAIN, "ssod.unsup_cls": _GAIN,
-    "ssod.cls_thres": _FRACTION, "ssod.dense_topk": _FRACTION, "ssod.tau1": _FRACTION, "ssod.tau2": _FRACTION,
-    "ssod.nms_iou": Range(0.0, 1.0, lo_strict=True), "ssod.obj_box_thres": _FRACTION,
-    "ssod.ea_alpha": Range(0.0, 1.0, lo_strict=True), "ssod.lambda_da": _GAIN, "ssod.da_rampup": _count(0),
-    "ssod.teacher_decay": Range(0.0, 1.0, hi_strict=True, hint="0 = auto"),
-    "ssod.unlabeled_ratio": _count(1),
-    "sched.min_steps": _count(1), "sched.max_steps": _count(1), "sched.patience_steps": _count(1),
-    "sched.val_steps": _count(1), "sched.ssod_factor": Range(lo=0.0, lo_strict=True),
-}
+_LEAVES = leaves(TrainConfig)
+# views of the TrainConfig field metadata (the single source): ranges of numeric keys, flags of keys with an option
+TRAIN_RANGES: dict[str, Range] = {leaf.key: leaf.meta.range for leaf in _LEAVES if leaf.meta.range}
+_FLAGS: dict[str, str] = {leaf.key: leaf.meta.flag for leaf in _LEAVES if leaf.meta.flag}
 
 # Numeric options of every command, by parameter name: the CLI checks each numeric option a command has against
 # this table before it runs (cli._call); an option without a rule is a programming error (tests walk them all).
 OPTION_RANGES: dict[str, Range] = {
-    **{k: TRAIN_RANGES[k] for k in ("batch", "imgsz", "workers", "seed", "epochs", "patience")},
-    "conf": _FRACTION, "iou": Range(0.0, 1.0, lo_strict=True), "max_det": _count(1, "boxes per image"),
-    "opset": _count(11, "ONNX opset, 17 by default"), "nproc": _count(1, "processes for DDP on CPU", hi=MAX_PROCS),
-    "budget": _count(1, "images to choose"),
+    **{key: rng for key, rng in TRAIN_RANGES.items() if key in _FLAGS},
+    "conf": FRACTION, "iou": Range(0.0, 1.0, lo_strict=True), "max_det": count(1, "boxes per image"),
+    "opset": count(11, "ONNX opset, 17 by default"), "nproc": count(1, "processes for DDP on CPU", hi=MAX_PROCS),
+    "budget": count(1, "images to choose"),
 }
 
 
@@ -188,17 +89,15 @@ def _range_problem(flag: str, value: Any, rng: Range) -> str | None:
     return f"{flag} {_fmt(value)}: must be {rng.describe(low[0] if low else None)}{hint}"
 
 
-def _fields(obj: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """(dotted key, value, annotated type) of every leaf field of a config dataclass."""
-    hints = typing.get_type_hints(type(obj))
-    out = []
-    for f in dataclasses.fields(obj):
-        v = getattr(obj, f.name)
-        if dataclasses.is_dataclass(v):
-            out += _fields(v, f"{prefix}{f.name}.")
-        else:
-            out.append((f"{prefix}{f.name}", v, hints[f.name]))
-    return out
+def _fields(obj: Any) -> list[tuple[str, Any, Any]]:
+    """(dotted key, value, annotated type) of every leaf setting of a TrainConfig."""
+    return [(leaf.key, _get(obj, leaf.key), leaf.type) for leaf in _LEAVES]
+
+
+def _get(obj: Any, key: str) -> Any:
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def _labeled_problem(labeled: str) -> str | None:

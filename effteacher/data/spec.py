@@ -18,7 +18,7 @@ from effteacher.utils.files import default_cache_dir
 from effteacher.utils.yaml_io import read_yaml
 
 IMG_FORMATS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-ALLOWED_KEYS = ("path", "train", "val", "test", "unlabeled", "names", "nc", "generate", "download")
+ALLOWED_KEYS = ("path", "train", "val", "test", "unlabeled", "names", "nc", "generate", "download", "defaults")
 SPLIT_KEYS = ("train", "val", "test", "unlabeled")
 
 
