@@ -122,7 +122,7 @@ def test_hand_over_copies_values_in_place_and_student_still_trains():
 
 
 def ref_decode(raw, anchors, stride):
-    """The CONTRACTS.md decode formula, written out for the test."""
+    """The decode formula of docs/method.md section 2, written out for the test."""
     out = []
     for i, r in enumerate(raw):
         b, na, h, w, no = r.shape

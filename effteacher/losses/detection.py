@@ -75,7 +75,7 @@ class DetectionLoss:
     def __call__(
         self, raw: list[torch.Tensor], targets: torch.Tensor, expected_targets: float | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """raw: per level (B, na, H, W, 5+nc) logits; targets: (N, 6) or (N, 9), see CONTRACTS.md.
+        """raw: per level (B, na, H, W, 5+nc) logits; targets: (N, 6) or (N, 9), see docs/architecture.md.
 
         expected_targets: when given, the box and class losses (means over their targets) are
         scaled by ``min(1, sum(w_box) / expected_targets)`` and ``min(1, sum(w_cls) / expected_targets)``:

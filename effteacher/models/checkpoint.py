@@ -75,7 +75,7 @@ def make_checkpoint(
     args: Any,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A checkpoint dict (format per CONTRACTS.md) holding only plain types and CPU tensors.
+    """A checkpoint dict (format in docs/architecture.md) holding only plain types and CPU tensors.
 
     model: a Detector (DDP-wrapped is fine) with ``meta()``; names: class names (len == model.nc);
     which: "teacher" | "student" | "ema" | "model" (which weights ``state_dict`` holds);
