@@ -124,7 +124,7 @@ def train_tiny(folder: Path, device: str, s: Sizes) -> tuple[Path, bool, list[di
     run = trainer.fit()
     with open(run / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    return run, bool(trainer.amp), rows, time.perf_counter() - t0
+    return run, bool(trainer.parts.amp), rows, time.perf_counter() - t0
 
 
 def amp_line(dev: torch.device, amp: bool, rows: list[dict[str, str]], seconds: float, s: Sizes) -> Check:

@@ -47,7 +47,8 @@ def forward_gflops(model: torch.nn.Module, imgsz: int) -> float:
 
 def bare_loop(trainer, imgsz: int, batch: int, steps: int) -> float:
     """img/s of forward + loss + backward + SGD step on fixed tensors (no data loading)."""
-    model, loss_fn, opt = trainer.model, trainer.loss_sup, trainer.optimizer
+    parts = trainer.parts
+    model, loss_fn, opt = parts.model, parts.loss_sup, parts.optimizer
     x = torch.rand(batch, 3, imgsz, imgsz)
     t = torch.tensor([[i, i % 10, 0.5, 0.5, 0.2, 0.3] for i in range(batch)], dtype=torch.float32)
     model.train()
@@ -75,9 +76,11 @@ def make_trainer(data_yaml: Path, imgsz: int, batch: int, supervised: bool, run_
     return tr
 
 
-def timed_epoch(fn, epoch: int) -> float:
+def timed_epoch(tr, phase, epoch: int) -> float:
+    from effteacher.train.phases import run_epoch
+
     t0 = time.perf_counter()
-    fn(epoch)
+    run_epoch(phase, tr.parts, epoch, show=True)
     return time.perf_counter() - t0
 
 
@@ -97,10 +100,10 @@ def main() -> None:
             n_img = args.batch * args.steps
             data = generate(Path(tmp) / f"d{imgsz}", SampleConfig(n_train=n_img, n_val=4, imgsz=imgsz), progress=False)
             tr = make_trainer(data, imgsz, args.batch, True, Path(tmp) / "runs")
-            timed_epoch(tr._supervised_epoch, 0)  # warm-up: workers, allocator
-            engine = n_img / timed_epoch(tr._supervised_epoch, 1)
+            timed_epoch(tr, tr.burn_in, 0)  # warm-up: workers, allocator
+            engine = n_img / timed_epoch(tr, tr.burn_in, 1)
             bare = bare_loop(tr, imgsz, args.batch, args.steps)
-            gf = forward_gflops(tr.model, imgsz)
+            gf = forward_gflops(tr.parts.model, imgsz)
             util = gf * 3 * engine / machine_gflops
             parts.append(f"n@{imgsz}: engine {engine:.2f} img/s, bare {bare:.2f} img/s ({engine / bare:.0%}), "
                          f"util {util:.0%}")
@@ -111,11 +114,11 @@ def main() -> None:
         imgsz = min(args.sizes)
         data = Path(tmp) / f"d{imgsz}" / "sample.yaml"
         tr = make_trainer(data, imgsz, args.batch, False, Path(tmp) / "runs")
-        timed_epoch(tr._supervised_epoch, 0)
-        sup_step = timed_epoch(tr._supervised_epoch, 0) / len(tr.labeled_loader)
-        tr._hand_over()
-        timed_epoch(tr._ssod_epoch, 1)
-        ssod_step = timed_epoch(tr._ssod_epoch, 2) / len(tr.unlabeled_loader)
+        timed_epoch(tr, tr.burn_in, 0)
+        sup_step = timed_epoch(tr, tr.burn_in, 0) / len(tr.parts.labeled_loader)
+        ssod = tr.phase_for(tr.parts.plan.burn)  # the hand-over
+        timed_epoch(tr, ssod, 1)
+        ssod_step = timed_epoch(tr, ssod, 2) / len(ssod.loader())
         ratio = ssod_step / sup_step
         parts.append(f"SSOD step {ratio:.2f}x supervised")
         details.append(f"- SSOD step at {imgsz} px (batch {args.batch} labeled + {args.batch} unlabeled, teacher "

@@ -24,7 +24,7 @@ from effteacher.cli import app
 from effteacher.config import TrainConfig, defaults_for, replace
 from effteacher.utils.progress import TrainProgress, progress_layout
 from effteacher.train.results_csv import epoch_summary, results_row
-from effteacher.train.setup import discard_if_failed
+from effteacher.train.run_folder import discard_if_failed
 from effteacher.options import TRAIN_RANGES, _fields, check_train_config, train_config_problems
 from effteacher.utils.files import umask
 

@@ -244,7 +244,7 @@ def test_training_from_a_labeled_list(loop, tmp_path):
 def test_list_layout_where_only_listed_images_have_labels(loop, tmp_path):
     """Every image in train, label files only for the listed ones: the rest is U, with no hidden labels to report on."""
     from effteacher.config import TrainConfig, replace
-    from effteacher.train.setup import load_train_data
+    from effteacher.train.train_data import load_train_data
 
     src = loop["root"] / "ds"
     ds = tmp_path / "ds"

@@ -15,7 +15,8 @@ import torch.multiprocessing as mp
 
 from effteacher.config import TrainConfig, replace, to_dict
 from effteacher.utils import dist as D
-from effteacher.train import setup as S
+from effteacher.train import run_folder as S
+from effteacher.train import train_data as TD
 from effteacher.errors import CheckpointError, DatasetError, DeviceError
 from effteacher.ssod.thresholds import EpochAdaptorThresholds
 
@@ -71,10 +72,10 @@ def _rank_worker(rank: int, world: int, port: int, data: str, project: str, last
             except (CheckpointError, DeviceError) as e:
                 out.setdefault("errors", []).append(type(e).__name__)
         try:  # fails on rank 0 inside "rank 0 first": the others must not wait for it forever
-            S.load_train_data(replace(cfg, data=str(Path(project) / "missing.yaml")), run.run_dir, False, ctx)
+            TD.load_train_data(replace(cfg, data=str(Path(project) / "missing.yaml")), run.run_dir, False, ctx)
         except DatasetError as e:
             out["errors"].append(type(e).__name__)
-        data_ = S.load_train_data(cfg, run.run_dir, False, ctx)
+        data_ = TD.load_train_data(cfg, run.run_dir, False, ctx)
         out["labeled"] = sorted(r.path for r in data_.labeled)
         ea = _adaptor()
         scores, classes = _scores()
@@ -106,7 +107,7 @@ def test_rank0_decides_for_every_rank(tiny_data, tmp_path):
     assert r0["errors"] == r1["errors"] == ["CheckpointError", "DeviceError", "DatasetError"]
     # one process: the same split and the same threshold update from the same (all) scores
     cfg = replace(TrainConfig(), data=str(tiny_data), labeled="25%")
-    single = S.load_train_data(cfg, tmp_path / "single", False, D.DistContext())
+    single = TD.load_train_data(cfg, tmp_path / "single", False, D.DistContext())
     assert r0["labeled"] == r1["labeled"] == sorted(r.path for r in single.labeled)
     assert (project / "exp2/split/labeled.txt").read_text() == (tmp_path / "single/split/labeled.txt").read_text()
     ea = _adaptor()

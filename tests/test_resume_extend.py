@@ -14,7 +14,7 @@ from effteacher.cli import app
 from effteacher.config import TrainConfig, replace
 from effteacher.train.optim import build_optimizer
 from effteacher.train.schedule import EpochPlan
-from effteacher.train.train_state import run_optimizer
+from effteacher.train.optim import run_optimizer
 
 TINY = ["--imgsz", "64", "--batch", "8", "--workers", "0"]
 SHORT_SCHED = "sched: {min_steps: 2, max_steps: 6, patience_steps: 2, val_steps: 1}\n"

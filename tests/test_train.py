@@ -137,7 +137,7 @@ def test_hidden_labels_never_reach_training(tiny_data, tmp_path, monkeypatch):
     import numpy as np
 
     import effteacher.train.trainer as trainer_mod
-    from effteacher.train import setup as setup_mod
+    from effteacher.train import train_data as setup_mod
 
     original = setup_mod.load_train_data
 

@@ -2,7 +2,15 @@
 
 from effteacher.config.fields import Leaf, Meta, Range, leaves, meta
 from effteacher.config.io import (
-    bundled_yaml, dataset_defaults, defaults_for, from_dict, load_overrides, load_yaml, replace, save_yaml, to_dict,
+    bundled_yaml,
+    dataset_defaults,
+    defaults_for,
+    from_dict,
+    load_overrides,
+    load_yaml,
+    replace,
+    save_yaml,
+    to_dict,
 )
 from effteacher.config.sections import AugmentConfig, LossConfig, OptimConfig, SchedConfig, SSODConfig
 from effteacher.config.train import TrainConfig

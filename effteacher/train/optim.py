@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -148,3 +149,16 @@ def apply_warmup(
             group["momentum"] = momentum
         elif "betas" in group:
             group["betas"] = (momentum, group["betas"][1])
+
+
+def run_optimizer(state: dict[str, Any]) -> tuple[str, float] | None:
+    """(optimizer, lr0) a resumed run was trained with, read from its saved optimizer state; None if unknown.
+
+    ``optim.optimizer: auto`` picks by the planned iterations, which grow when ``--epochs`` extends a run:
+    the run keeps the optimizer (and LR) its saved state belongs to.
+    """
+    groups = state.get("optimizer", {}).get("param_groups") or [{}]
+    g = groups[0]
+    name = "adamw" if "betas" in g else "sgd" if "nesterov" in g else None
+    lr0 = g.get("initial_lr")
+    return None if name is None or lr0 is None else (name, float(lr0))

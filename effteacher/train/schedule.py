@@ -7,8 +7,8 @@ and one (labeled + unlabeled) batch in SSOD; optimizer steps are iterations / ac
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from effteacher.config import OptimConfig, SchedConfig, TrainConfig
 

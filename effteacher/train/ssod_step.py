@@ -15,6 +15,7 @@ from effteacher.ssod.dense import dense_loss, dense_targets
 from effteacher.ssod.domain import domain_loss
 from effteacher.ssod.metrics import pseudo_precision_recall
 from effteacher.ssod.teacher import flip_ensemble_predict
+from effteacher.train.ssod_state import SSODState
 from effteacher.utils.boxes import xywhn2xyxy
 
 
@@ -76,6 +77,19 @@ def pseudo_quality(dets: list[torch.Tensor], hidden: torch.Tensor, hw: Any, tau2
 
 
 @dataclass
+class StudentInputs:
+    """One SSOD iteration's student inputs: the labeled batch, the strong views with their pseudo labels, and
+    what weighs the extra losses (the domain-loss ramp; the teacher's dense targets with ``s.dense_topk``)."""
+
+    x_l: torch.Tensor
+    targets_l: torch.Tensor
+    x_s: torch.Tensor
+    targets_u: torch.Tensor
+    da_weight: float
+    dense: tuple[Any, tuple[float, ...], float, float] | None = None  # (DenseTargets, balance, gain_obj, gain_cls)
+
+
+@dataclass
 class StudentLosses:
     """The losses of one SSOD iteration and what to log of them."""
 
@@ -83,30 +97,29 @@ class StudentLosses:
     items: dict[str, Any]
 
 
-def student_losses(model: nn.Module, x_l: torch.Tensor, targets_l: torch.Tensor, x_s: torch.Tensor,
-                   targets_u: torch.Tensor, loss_sup: Any, loss_unsup: Any, disc: nn.Module | None,
-                   s: SSODConfig, labeled_density: float, amp: bool, da_weight: float,
-                   dense: tuple[Any, tuple[float, ...], float, float] | None = None) -> StudentLosses:
+def student_losses(model: nn.Module, loss_sup: Any, state: SSODState, s: SSODConfig, inp: StudentInputs,
+                   amp: bool) -> StudentLosses:
     """Labeled + strong views through the student in one batch: supervised loss, masked unlabeled loss
-    (box/cls scaled by pseudo-box density with ``s.density_norm``), and the domain loss when ``disc``.
+    (box/cls scaled by pseudo-box density with ``s.density_norm``), and the domain loss with a discriminator.
 
-    dense: (DenseTargets, balance, gain_obj, gain_cls) with ``s.dense_topk``: the unlabeled objectness and
-    class losses come from the teacher's dense maps (``loss_unsup`` then carries only the box loss)."""
-    bl = x_l.shape[0]
+    With ``inp.dense`` the unlabeled objectness and class losses come from the teacher's dense maps
+    (``state.loss_unsup`` then carries only the box loss)."""
+    x_l, x_s, bl = inp.x_l, inp.x_s, inp.x_l.shape[0]
     with torch.autocast(x_l.device.type, enabled=amp):
         raw, feats = model(torch.cat([x_l, x_s], 0), return_features=True)
-        loss_l, items_l = loss_sup([r[:bl] for r in raw], targets_l)
-        expected = labeled_density * x_s.shape[0] if s.density_norm else None
-        loss_u, items_u = loss_unsup([r[bl:] for r in raw], targets_u, expected_targets=expected)
-        if dense is not None:
+        loss_l, items_l = loss_sup([r[:bl] for r in raw], inp.targets_l)
+        expected = state.labeled_density * x_s.shape[0] if s.density_norm else None
+        loss_u, items_u = state.loss_unsup([r[bl:] for r in raw], inp.targets_u, expected_targets=expected)
+        if inp.dense is not None:
+            dense = inp.dense
             dobj, dcls = dense_loss([r[bl:] for r in raw], dense[0], dense[1], dense[2], dense[3])
             loss_u = loss_u + (dobj + dcls) * x_s.shape[0]
             items_u = {**items_u, "obj": dobj.detach(), "cls": dcls.detach()}
         loss = loss_l + s.lambda_u * loss_u
         da = torch.zeros((), device=x_l.device)
-        if disc is not None:
-            da = domain_loss(disc, [f[:bl] for f in feats], [f[bl:] for f in feats]) * bl
-            loss = loss + s.lambda_da * da_weight * da
+        if state.disc is not None:
+            da = domain_loss(state.disc, [f[:bl] for f in feats], [f[bl:] for f in feats]) * bl
+            loss = loss + s.lambda_da * inp.da_weight * da
     items = {"box": items_l["box"], "obj": items_l["obj"], "cls": items_l["cls"], "ubox": items_u["box"],
              "uobj": items_u["obj"], "ucls": items_u["cls"], "da": da.detach() / bl}
     return StudentLosses(loss, items)
