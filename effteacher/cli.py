@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import inspect
+import typing
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import typer
 from typer.core import TyperCommand
 
 from effteacher.config import Leaf, TrainConfig, defaults_for, leaves, load_overrides, replace
+from effteacher.config.commands import (
+    ExportOptions, LaunchOptions, PredictOptions, PseudoOptions, RankOptions, SplitOptions, ValOptions,
+)
 from effteacher.config.fields import show
+
+T = TypeVar("T")
 
 
 class _Command(TyperCommand):
@@ -106,12 +112,6 @@ def _root(
     ctx.obj = {"verbose": verbose}
 
 
-def _checked(**options: Any) -> dict[str, Any]:
-    from effteacher.options import check_options
-
-    return check_options(**options)
-
-
 _CLI_TYPES = {bool: Optional[bool], int: Optional[int], float: Optional[float]}
 
 
@@ -130,6 +130,25 @@ def _flag_params(leaves: list[Leaf]) -> list[inspect.Parameter]:
         option = typer.Option(None, m.flag, help=text, show_default=False)
         out.append(inspect.Parameter(_param_name(m.flag), inspect.Parameter.KEYWORD_ONLY, default=option,
                                      annotation=_CLI_TYPES.get(leaf.type, Optional[str])))
+    return out
+
+
+def _cli_type(tp: Any) -> Any:
+    """The annotation typer reads for a setting's type: bool, int, float, else text; Optional when it may be None."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    base = args[0] if len(args) == 1 and typing.get_args(tp) else tp
+    base = base if base in (bool, int, float) else str
+    return Optional[base] if base is not tp else base
+
+
+def _option_params(cls: type) -> list[inspect.Parameter]:
+    """One typer option per setting of ``cls`` with a flag, with the setting's default and help."""
+    out = []
+    for leaf in leaves(cls):
+        if leaf.meta.flag:
+            option = typer.Option(leaf.default, leaf.meta.flag, help=leaf.meta.help)
+            out.append(inspect.Parameter(_param_name(leaf.meta.flag), inspect.Parameter.KEYWORD_ONLY, default=option,
+                                         annotation=_cli_type(leaf.type)))
     return out
 
 
@@ -168,159 +187,116 @@ def _signature(fn: Callable[..., Any], params: list[inspect.Parameter]) -> None:
 
 
 _KW = inspect.Parameter.KEYWORD_ONLY
+_CTX = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
 _signature(train, [
-    inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+    _CTX,
     *_flag_params(_TRAIN_FLAGS),
-    inspect.Parameter("nproc", _KW, annotation=int,
-                      default=typer.Option(1, help="Processes for DDP on CPU (gloo), e.g. --device cpu --nproc 2.")),
+    *_option_params(LaunchOptions),
     inspect.Parameter("cfg", _KW, annotation=Optional[Path], default=typer.Option(
         None, help="YAML with any TrainConfig keys (the args.yaml format) over the dataset's defaults.")),
 ])
 app.command(cls=_Command)(train)
 
 
-@app.command(cls=_Command)
-def val(
-    ctx: typer.Context,
-    weights: str = typer.Option(..., help="Weights: .pt (effteacher or official YOLOv5), .onnx, .torchscript or .engine."),
-    data: str = typer.Option("sample", help="Dataset YAML or 'sample'."),
-    imgsz: Optional[int] = typer.Option(None, help="Image size (default: from the weights)."),
-    batch: int = typer.Option(16, help="Batch size."),
-    conf: float = typer.Option(0.001, help="Confidence threshold."),
-    iou: float = typer.Option(0.6, help="NMS IoU threshold."),
-    split: str = typer.Option("val", help="val or test."),
-    device: str = typer.Option("cpu", help="cpu or a CUDA index."),
-    workers: int = typer.Option(2, help="Dataloader workers."),
-    project: str = typer.Option("runs/val"),
-    name: str = typer.Option("exp"),
-    exist_ok: bool = typer.Option(False, "--exist-ok"),
-) -> None:
+_WEIGHTS_ANY = "Weights: .pt (effteacher or official YOLOv5), .onnx, .torchscript or .engine."
+_WEIGHTS_PT = "An effteacher .pt checkpoint (weights/best.pt)."
+
+
+def _options(cls: type[T], flags: dict[str, Any]) -> T:
+    """The command's options object from its parsed flags; ``labeled`` checked and ``imgsz`` rounded up to a
+    multiple of the largest stride (the ranges were checked in _call)."""
+    from effteacher.options import check_options
+
+    values = {leaf.key: flags[leaf.key] for leaf in leaves(cls) if leaf.meta.flag}
+    values.update(check_options(**{k: v for k, v in values.items() if k in ("imgsz", "labeled")}))
+    return cls(**values)
+
+
+def val(ctx: typer.Context, weights: str, **flags: Any) -> None:
     """Evaluate weights on a dataset split (pycocotools mAP)."""
 
     def run() -> Any:
         from effteacher.val.evaluator import run_val
 
-        o = _checked(imgsz=imgsz, batch=batch, conf=conf, iou=iou, workers=workers)
-        return run_val(weights=weights, data=data, imgsz=o["imgsz"], batch=batch, conf=conf, iou=iou, split=split,
-                       device=device, workers=workers, project=project, name=name, exist_ok=exist_ok)
+        return run_val(weights, options=_options(ValOptions, flags))
 
     _call(ctx, run)
 
 
-@app.command(cls=_Command)
-def predict(
-    ctx: typer.Context,
-    source: str = typer.Argument(..., help="Image file, folder, glob or .txt list."),
-    weights: str = typer.Option(..., help="Weights: .pt (effteacher or official YOLOv5), .onnx, .torchscript or .engine."),
-    conf: float = typer.Option(0.25),
-    iou: float = typer.Option(0.45),
-    max_det: int = typer.Option(300, "--max-det"),
-    imgsz: Optional[int] = typer.Option(None, help="Image size (default: from the weights)."),
-    device: str = typer.Option("cpu"),
-    save_txt: bool = typer.Option(False, "--save-txt", help="Write labels/<stem>.txt (cls cx cy w h conf)."),
-    save_json: bool = typer.Option(False, "--save-json", help="Write predictions.json (COCO format)."),
-    save_images: bool = typer.Option(True, "--save-images/--no-save-images"),
-    project: str = typer.Option("runs/predict"),
-    name: str = typer.Option("exp"),
-    exist_ok: bool = typer.Option(False, "--exist-ok"),
-) -> None:
+def predict(ctx: typer.Context, source: str, weights: str, **flags: Any) -> None:
     """Run a detector on images."""
 
     def run() -> Any:
         from effteacher.predict.predictor import run_predict
 
-        imgsz_ = _checked(imgsz=imgsz, conf=conf, iou=iou, max_det=max_det)["imgsz"]
-        return run_predict(source=source, weights=weights, conf=conf, iou=iou, max_det=max_det, imgsz=imgsz_,
-                           device=device, save_txt=save_txt, save_json=save_json, save_images=save_images,
-                           project=project, name=name, exist_ok=exist_ok)
+        return run_predict(source, weights, options=_options(PredictOptions, flags))
 
     _call(ctx, run)
 
 
-@app.command(cls=_Command)
-def pseudo(
-    ctx: typer.Context,
-    source: str = typer.Argument(..., help="Images: folder, glob, .txt list, image file, or a dataset YAML (its 'unlabeled')."),
-    weights: str = typer.Option(..., help="An effteacher .pt checkpoint (weights/best.pt)."),
-    conf: Optional[float] = typer.Option(None, help="Reliable threshold for every class (default: the training's per-class tau2)."),
-    flip: bool = typer.Option(False, "--flip", help="Average each image's and its mirror image's predictions (flip ensemble)."),
-    save_to_dataset: bool = typer.Option(False, "--save-to-dataset", help="Also write each label beside its image (images/ -> labels/); never overwrites."),
-    imgsz: Optional[int] = typer.Option(None, help="Image size (default: from the weights)."),
-    iou: Optional[float] = typer.Option(None, help="NMS IoU threshold (default: the training's teacher NMS, 0.65)."),
-    max_det: int = typer.Option(300, "--max-det"),
-    batch: int = typer.Option(16, help="Batch size."),
-    device: str = typer.Option("cpu", help="cpu or a CUDA index."),
-    workers: int = typer.Option(2, help="Dataloader workers."),
-    project: str = typer.Option("runs/pseudo"),
-    name: str = typer.Option("exp"),
-    exist_ok: bool = typer.Option(False, "--exist-ok"),
-) -> None:
+def pseudo(ctx: typer.Context, source: str, weights: str, **flags: Any) -> None:
     """Pseudo-label images for review: YOLO txt (reliable boxes), COCO JSON (reliable + uncertain), review.csv."""
 
     def run() -> Any:
         from effteacher.labeling.pseudo_export import run_pseudo
 
-        imgsz_ = _checked(imgsz=imgsz)["imgsz"]
-        return run_pseudo(source=source, weights=weights, conf=conf, flip=flip, save_to_dataset=save_to_dataset,
-                          imgsz=imgsz_, iou=iou, max_det=max_det, batch=batch, device=device, workers=workers,
-                          project=project, name=name, exist_ok=exist_ok)
+        return run_pseudo(source, weights, options=_options(PseudoOptions, flags))
 
     _call(ctx, run)
 
 
-@app.command(cls=_Command)
-def rank(
-    ctx: typer.Context,
-    weights: str = typer.Option(..., help="An effteacher .pt checkpoint (weights/best.pt)."),
-    data: str = typer.Option("sample", help="Dataset YAML or 'sample'."),
-    budget: int = typer.Option(100, help="How many images to choose."),
-    labeled: Optional[str] = typer.Option(None, help="Labeled list (file, or run folder with split/labeled.txt); default: the weights' run split."),
-    flip: bool = typer.Option(False, "--flip", help="Score the flip-ensemble detections (disagreement always uses both views)."),
-    imgsz: Optional[int] = typer.Option(None, help="Image size (default: from the weights)."),
-    batch: int = typer.Option(16, help="Batch size."),
-    device: str = typer.Option("cpu", help="cpu or a CUDA index."),
-    workers: int = typer.Option(2, help="Dataloader workers."),
-    project: str = typer.Option("runs/rank"),
-    name: str = typer.Option("exp"),
-    exist_ok: bool = typer.Option(False, "--exist-ok"),
-) -> None:
+def rank(ctx: typer.Context, weights: str, **flags: Any) -> None:
     """Choose which unlabeled images to label next: to_label.txt (best first) and rank.csv (every score)."""
 
     def run() -> Any:
         from effteacher.labeling.rank import run_rank
 
-        imgsz_ = _checked(imgsz=imgsz)["imgsz"]
-        return run_rank(weights=weights, data=data, budget=budget, labeled=labeled, flip=flip, imgsz=imgsz_,
-                        batch=batch, device=device, workers=workers, project=project, name=name, exist_ok=exist_ok)
+        return run_rank(weights, options=_options(RankOptions, flags))
 
     _call(ctx, run)
 
 
-@app.command(cls=_Command)
-def export(
-    ctx: typer.Context,
-    weights: str = typer.Option(..., help="An effteacher .pt checkpoint or an official YOLOv5 .pt."),
-    format: str = typer.Option("onnx", help="onnx|torchscript|engine"),
-    imgsz: Optional[int] = typer.Option(None, help="Export image size (default: from the weights)."),
-    batch: int = typer.Option(1),
-    dynamic: bool = typer.Option(False, "--dynamic", help="Dynamic batch/height/width."),
-    half: bool = typer.Option(False, "--half", help="FP16 (CUDA only)."),
-    opset: int = typer.Option(17),
-    nms: bool = typer.Option(False, "--nms", help="Put NMS in the graph: output (N, max_det, 6)."),
-    max_det: int = typer.Option(100, "--max-det"),
-    simplify: bool = typer.Option(False, "--simplify", help="Simplify with onnxslim/onnxsim if installed."),
-    device: str = typer.Option("cpu"),
-) -> None:
+def export(ctx: typer.Context, weights: str, **flags: Any) -> None:
     """Export a checkpoint to ONNX, TorchScript or TensorRT, checked against PyTorch."""
 
     def run() -> Any:
         from effteacher.export.api import run_export
 
-        o = _checked(imgsz=imgsz, batch=batch, opset=opset, max_det=max_det)
-        return run_export(weights=weights, format=format, imgsz=o["imgsz"], batch=batch, dynamic=dynamic, half=half,
-                          opset=opset, nms=nms, max_det=max_det, simplify=simplify, device=device)
+        return run_export(weights, options=_options(ExportOptions, flags))
 
     _call(ctx, run)
+
+
+def split(ctx: typer.Context, **flags: Any) -> None:
+    """Write the seeded labeled/unlabeled split manifest only."""
+
+    def run() -> Any:
+        from effteacher.data.split import run_split
+
+        return run_split(options=_options(SplitOptions, flags))
+
+    _call(ctx, run)
+
+
+def _source(help: str) -> inspect.Parameter:
+    return inspect.Parameter("source", _KW, annotation=str, default=typer.Argument(..., help=help))
+
+
+def _weights(help: str) -> inspect.Parameter:
+    return inspect.Parameter("weights", _KW, annotation=str, default=typer.Option(..., help=help))
+
+
+_IMAGES = "Image file, folder, glob or .txt list."
+for _fn, _cls, _required in [
+    (val, ValOptions, [_weights(_WEIGHTS_ANY)]),
+    (predict, PredictOptions, [_source(_IMAGES), _weights(_WEIGHTS_ANY)]),
+    (pseudo, PseudoOptions, [_source("Images: folder, glob, .txt list, image file, or a dataset YAML (its "
+                                     "'unlabeled')."), _weights(_WEIGHTS_PT)]),
+    (rank, RankOptions, [_weights(_WEIGHTS_PT)]),
+    (export, ExportOptions, [_weights("An effteacher .pt checkpoint or an official YOLOv5 .pt.")]),
+]:
+    _signature(_fn, [_CTX, *_required, *_option_params(_cls)])
+    app.command(cls=_Command)(_fn)
 
 
 @app.command(cls=_Command)
@@ -339,25 +315,8 @@ def convert(
     _call(ctx, run)
 
 
-@app.command(cls=_Command)
-def split(
-    ctx: typer.Context,
-    data: str = typer.Option("sample", help="Dataset YAML or 'sample'."),
-    labeled: str = typer.Option("10%", help="'10%', '0.1', a count '200', or a file listing the labeled images."),
-    seed: int = typer.Option(0),
-    project: str = typer.Option("runs/split"),
-    name: str = typer.Option("exp"),
-    exist_ok: bool = typer.Option(False, "--exist-ok"),
-) -> None:
-    """Write the seeded labeled/unlabeled split manifest only."""
-
-    def run() -> Any:
-        from effteacher.data.split import run_split
-
-        _checked(labeled=labeled, seed=seed)
-        return run_split(data=data, labeled=labeled, seed=seed, project=project, name=name, exist_ok=exist_ok)
-
-    _call(ctx, run)
+_signature(split, [_CTX, *_option_params(SplitOptions)])
+app.command(cls=_Command)(split)
 
 
 @app.command(cls=_Command)

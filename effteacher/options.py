@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from effteacher.config import TrainConfig, leaves, replace
-from effteacher.config.fields import FRACTION, MAX_PROCS, Range, count
+from effteacher.config.commands import COMMAND_OPTIONS
+from effteacher.config.fields import Range
 from effteacher.data.split import is_list_spec, parse_labeled
 from effteacher.errors import ConfigError, DatasetError
 from effteacher.utils.console import warn
@@ -26,14 +27,24 @@ _LEAVES = leaves(TrainConfig)
 TRAIN_RANGES: dict[str, Range] = {leaf.key: leaf.meta.range for leaf in _LEAVES if leaf.meta.range}
 _FLAGS: dict[str, str] = {leaf.key: leaf.meta.flag for leaf in _LEAVES if leaf.meta.flag}
 
-# Numeric options of every command, by parameter name: the CLI checks each numeric option a command has against
-# this table before it runs (cli._call); an option without a rule is a programming error (tests walk them all).
-OPTION_RANGES: dict[str, Range] = {
-    **{key: rng for key, rng in TRAIN_RANGES.items() if key in _FLAGS},
-    "conf": FRACTION, "iou": Range(0.0, 1.0, lo_strict=True), "max_det": count(1, "boxes per image"),
-    "opset": count(11, "ONNX opset, 17 by default"), "nproc": count(1, "processes for DDP on CPU", hi=MAX_PROCS),
-    "budget": count(1, "images to choose"),
-}
+
+def _command_ranges() -> dict[str, Range]:
+    """Ranges of the numeric options of every command, by parameter name: the train flags' and those of the option
+    dataclasses of the other commands. One name has one range in every command (ValueError otherwise)."""
+    out = {key: rng for key, rng in TRAIN_RANGES.items() if key in _FLAGS}
+    for cls in COMMAND_OPTIONS.values():
+        for leaf in leaves(cls):
+            rng = leaf.meta.range
+            if rng is None or leaf.meta.flag is None:
+                continue
+            if out.setdefault(leaf.key, rng) != rng:
+                raise ValueError(f"option --{leaf.key} has two ranges: {out[leaf.key]} and {rng}")
+    return out
+
+
+# The CLI checks each numeric option a command has against this table before it runs (cli._call); an option
+# without a rule is a programming error (tests walk them all).
+OPTION_RANGES: dict[str, Range] = _command_ranges()
 
 
 def _flag(key: str) -> str:

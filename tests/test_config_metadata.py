@@ -3,6 +3,7 @@ options come from it, dataset profiles live in the dataset YAML, and docs/config
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,23 @@ def test_configuration_reference_is_current():
     assert doc.read_text() == reference_markdown(), f"docs/configuration.md is stale; regenerate it: {REGENERATE}"
     for leaf in leaves(TrainConfig):
         assert f"`{leaf.key.split('.')[-1]}`" in doc.read_text()
+
+
+def test_command_options_are_generated_from_the_metadata():
+    """Every option of val/predict/pseudo/rank/export/split comes from its options dataclass, with its default."""
+    from effteacher.config.commands import COMMAND_OPTIONS, PseudoOptions, with_overrides
+
+    group = typer.main.get_command(app)
+    for command, cls in COMMAND_OPTIONS.items():
+        params = {p.name: p for p in group.commands[command].params}
+        for leaf in leaves(cls):
+            assert leaf.meta.help.strip(), (command, leaf.key)
+            numeric = bool({*(typing.get_args(leaf.type) or (leaf.type,))} & {int, float})
+            assert (leaf.meta.range is not None) == numeric, (command, leaf.key)
+            if leaf.meta.flag and command != "train":
+                assert params[leaf.key].default == leaf.default, (command, leaf.key)
+    assert group.commands["predict"].params[2].name == "conf"
+    assert {p.name: p.default for p in group.commands["val"].params}["project"] == "runs/val"
+    assert with_overrides(PseudoOptions, None, {"batch": 4}) == PseudoOptions(batch=4)
+    with pytest.raises(TypeError):
+        with_overrides(PseudoOptions, None, {"bacth": 4})

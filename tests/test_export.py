@@ -109,7 +109,7 @@ def test_nms_in_onnx_matches_eager_at_any_shape(ckpts: dict, tmp_path: Path) -> 
     for k, v in ckpt["state_dict"].items():
         if k.startswith("head.") and k.endswith(".bias"):
             v.normal_(0, 1, generator=g)
-    path = run_export(save_checkpoint(tmp_path / "best.pt", ckpt), "onnx", dynamic=True, nms=True, max_det=50)
+    path = run_export(save_checkpoint(tmp_path / "best.pt", ckpt), format="onnx", dynamic=True, nms=True, max_det=50)
     graph = onnx.load(str(path))
     assert "NonMaxSuppression" in {n.op_type for n in graph.graph.node}
     assert read_onnx_metadata(path)["nms"] == 1
@@ -134,7 +134,7 @@ def test_nms_in_onnx_matches_eager_at_any_shape(ckpts: dict, tmp_path: Path) -> 
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_onnx_export(ckpts: dict, tmp_path: Path, variant: str, dynamic: bool, capsys: pytest.CaptureFixture) -> None:
     weights = save(ckpts, variant, tmp_path)
-    path = run_export(weights, "onnx", dynamic=dynamic)
+    path = run_export(weights, format="onnx", dynamic=dynamic)
     assert path == tmp_path / "best.onnx" and path.is_file()
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto)
@@ -160,7 +160,7 @@ def test_onnx_export(ckpts: dict, tmp_path: Path, variant: str, dynamic: bool, c
 
 @pytest.mark.parametrize("variant", ["n", "retina-r18"])
 def test_torchscript_export(ckpts: dict, tmp_path: Path, variant: str) -> None:
-    path = run_export(save(ckpts, variant, tmp_path), "torchscript", imgsz=64, batch=2)
+    path = run_export(save(ckpts, variant, tmp_path), format="torchscript", imgsz=64, batch=2)
     assert path == tmp_path / "best.torchscript"
     module, meta = load_torchscript(path)
     assert meta["names"] == NAMES and meta["imgsz"] == [64, 64] and meta["variant"] == variant
@@ -176,7 +176,7 @@ def test_export_rounds_imgsz_and_exports_deploy_model_only(ckpts: dict, tmp_path
     ckpt["discriminator"] = {"w": torch.zeros(2_000_000)}
     ckpt["student"] = big
     weights = save_checkpoint(tmp_path / "best.pt", ckpt)
-    path = run_export(weights, "onnx", imgsz=70)  # -> 96
+    path = run_export(weights, format="onnx", imgsz=70)  # -> 96
     assert read_onnx_metadata(path)["imgsz"] == [96, 96]
     assert ort_run(path, torch.rand(1, 3, 96, 96)).shape == (1, anchors_at(96, 96), 8)
     model_bytes = sum(v.numel() * v.element_size() for v in ckpts["n"]["state_dict"].values())
@@ -184,7 +184,7 @@ def test_export_rounds_imgsz_and_exports_deploy_model_only(ckpts: dict, tmp_path
 
 
 def test_simplify_without_tools_is_a_message_not_a_failure(ckpts: dict, tmp_path: Path) -> None:
-    path = run_export(save(ckpts, "n", tmp_path), "onnx", simplify=True)
+    path = run_export(save(ckpts, "n", tmp_path), format="onnx", simplify=True)
     onnx.checker.check_model(onnx.load(str(path)))
 
 

@@ -187,7 +187,7 @@ def test_two_torchrun_nodes_train_once_and_resume(tiny_data, tmp_path):
     # the split is the one a single process makes (`effteacher split` with the same seed)
     from effteacher.data.split import run_split
 
-    single = run_split(str(tiny_data), "25%", 0, project=tmp_path / "split", name="one")
+    single = run_split(data=str(tiny_data), labeled="25%", seed=0, project=tmp_path / "split", name="one")
     assert (run / "split/labeled.txt").read_text() == (single / "labeled.txt").read_text()
     # --resume under torchrun: every rank loads last.pt and the run goes on in the same folder
     outs = _two_nodes(["--resume", str(run), "--epochs", "3", "--workers", "0"], logs, "resume")

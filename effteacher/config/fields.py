@@ -67,6 +67,11 @@ PROB = Range(0.0, 1.0, hint="a probability")
 FRACTION = Range(0.0, 1.0)
 GAIN = Range(lo=0.0)
 DECAY = Range(0.0, 1.0, lo_strict=True, hi_strict=True)
+# ranges of the options that train and the other commands share (one message for --batch 0 in every command)
+IMGSZ = count(1, "pixels, e.g. --imgsz 640", hi=MAX_IMGSZ)
+BATCH = count(1, "images per batch, e.g. --batch 16")
+WORKERS = count(0, "0 loads data in the main process", hi=MAX_PROCS)
+SEED = count(0, hi=MAX_SEED)
 
 
 @dataclass(frozen=True)

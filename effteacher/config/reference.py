@@ -6,7 +6,8 @@ import dataclasses
 import typing
 from typing import Any
 
-from effteacher.config.fields import leaves, meta, show
+from effteacher.config.commands import COMMAND_OPTIONS
+from effteacher.config.fields import Leaf, leaves, meta, show
 from effteacher.config.train import TrainConfig
 
 REGENERATE = "python -m effteacher.config > docs/configuration.md"
@@ -28,7 +29,8 @@ def _row(cells: list[str]) -> str:
 
 
 def reference_markdown() -> str:
-    """Every TrainConfig key (type, default, range, flag, help), section by section, as Markdown."""
+    """Every TrainConfig key (type, default, range, flag, help), section by section, then every command's options,
+    as Markdown."""
     lines = [
         "# Configuration reference",
         "",
@@ -48,8 +50,20 @@ def reference_markdown() -> str:
             rest = leaf.key[len(prefix):]
             if not leaf.key.startswith(prefix) or "." in rest:
                 continue
-            m = leaf.meta
-            rng = (m.range.describe() + (f" ({m.range.hint})" if m.range.hint else "")) if m.range else ""
-            lines.append(_row([f"`{rest}`", _type(leaf.type), f"`{show(leaf.default)}`", rng,
-                               f"`{m.flag}`" if m.flag else "", m.help]))
+            lines.append(_leaf_row(leaf, rest))
+    lines += ["", "## Command options", "",
+              "The options of the other commands (and train's launch options), from the same metadata. Settings "
+              "without a flag are keyword arguments of the command's Python function only (`run_export(w, "
+              "workspace=8.0)`)."]
+    for command, cls in COMMAND_OPTIONS.items():
+        lines += ["", f"### `effteacher {command}`", "", cls.__doc__ or "", "",
+                  "| option | type | default | range | flag | description |", "|---|---|---|---|---|---|"]
+        lines += [_leaf_row(leaf, leaf.key) for leaf in leaves(cls)]
     return "\n".join(lines) + "\n"
+
+
+def _leaf_row(leaf: Leaf, key: str) -> str:
+    m = leaf.meta
+    rng = (m.range.describe() + (f" ({m.range.hint})" if m.range.hint else "")) if m.range else ""
+    return _row([f"`{key}`", _type(leaf.type), f"`{show(leaf.default)}`", rng, f"`{m.flag}`" if m.flag else "",
+                 m.help])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from effteacher.config.fields import MAX_IMGSZ, MAX_PROCS, MAX_SEED, count, section, setting
+from effteacher.config.fields import BATCH, IMGSZ, SEED, WORKERS, count, section, setting
 from effteacher.config.sections import AugmentConfig, LossConfig, OptimConfig, SchedConfig, SSODConfig
 
 
@@ -30,19 +30,19 @@ class TrainConfig:
                           count(0, "total epochs, 0 = auto (sized from the data)"), flag="--epochs")
     burn_in: int | str = setting("auto", "Supervised epochs before SSOD, or 'auto' (until validation plateaus).",
                                  flag="--burn-in", parse=parse_burn_in)
-    imgsz: int = setting(640, "Train/val image size in pixels.", count(1, "pixels, e.g. --imgsz 640", hi=MAX_IMGSZ),
+    imgsz: int = setting(640, "Train/val image size in pixels.", IMGSZ,
                          flag="--imgsz")
-    batch: int = setting(16, "Total labeled batch size.", count(1, "images per batch, e.g. --batch 16"),
+    batch: int = setting(16, "Total labeled batch size.", BATCH,
                          flag="--batch")
     device: str = setting("cpu", "cpu, 0, or 0,1,... (several GPUs run DDP).", flag="--device")
     weights: str | None = setting(None, "Initial weights: an effteacher .pt, an official YOLOv5 .pt (v4.0-v7.0) or "
                                         "a torchvision ResNet state_dict (retina).", flag="--weights")
     resume: str | None = setting(None, "Resume a run: its folder or last.pt ('last' = newest run).", flag="--resume")
-    seed: int = setting(0, "Seed of the split and of training.", count(0, hi=MAX_SEED), flag="--seed")
+    seed: int = setting(0, "Seed of the split and of training.", SEED, flag="--seed")
     project: str = setting("runs/train", "Parent folder of the run.", flag="--project")
     name: str = setting("exp", "Run name (incremented unless --exist-ok).", flag="--name")
     exist_ok: bool = setting(False, "Reuse an existing run folder.", flag="--exist-ok")
-    workers: int = setting(2, "Dataloader workers.", count(0, "0 loads data in the main process", hi=MAX_PROCS),
+    workers: int = setting(2, "Dataloader workers.", WORKERS,
                            flag="--workers")
     amp: bool = setting(True, "Mixed precision on CUDA (always off on CPU).", flag="--amp/--no-amp")
     patience: int = setting(100, "Early-stop patience in epochs.",

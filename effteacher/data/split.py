@@ -8,10 +8,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.table import Table
 
+from effteacher.config.commands import SplitOptions, with_overrides
 from effteacher.data.dataset import scan_labeled
 from effteacher.data.records import ImageRecord
 from effteacher.data.spec import load_spec
@@ -296,15 +298,15 @@ def load_split(out_dir: str | Path, records: list[ImageRecord]) -> Split:
     )
 
 
-def run_split(data: str, labeled: str, seed: int, project: str | Path = "runs/split", name: str = "exp",
-              exist_ok: bool = False) -> Path:
+def run_split(*, options: SplitOptions | None = None, **overrides: Any) -> Path:
     """The `split` command: scan train, split, write the manifest into an incremented run folder."""
-    spec = load_spec(data)
+    o = with_overrides(SplitOptions, options, overrides)
+    spec = load_spec(o.data)
     scan = scan_labeled(spec.train, spec.names)
-    split = build_split(scan.records, labeled, seed, nc=spec.nc, root=spec.root)
-    with run_folder(project, name, exist_ok) as out:
+    split = build_split(scan.records, o.labeled, o.seed, nc=spec.nc, root=spec.root)
+    with run_folder(o.project, o.name, o.exist_ok) as out:
         write_split(split, scan.records, out, spec.names)
-    t = Table(title=f"Split of {spec.yaml_path}: --labeled {labeled} --seed {seed}")
+    t = Table(title=f"Split of {spec.yaml_path}: --labeled {o.labeled} --seed {o.seed}")
     for col in ("Class", "Labeled images", "Images", "Labeled instances", "Instances"):
         t.add_column(col, justify="left" if col == "Class" else "right")
     for c, nm in enumerate(spec.names):

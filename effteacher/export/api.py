@@ -9,6 +9,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from effteacher.config.commands import ExportOptions, with_overrides
 from effteacher.errors import ExportError
 from effteacher.export.nms import DeployWithNMS
 from effteacher.export.onnx import export_onnx, onnx_runner
@@ -141,22 +142,7 @@ def _dynamic_probe(x: Tensor, stride: int) -> Tensor:
     return torch.rand(b + 1, c, h2, w, generator=torch.Generator().manual_seed(1)).to(x)
 
 
-def run_export(
-    weights: str | Path,
-    format: str = "onnx",  # noqa: A002 - the CLI option's name
-    imgsz: int | None = None,
-    batch: int = 1,
-    dynamic: bool = False,
-    half: bool = False,
-    opset: int = 17,
-    nms: bool = False,
-    max_det: int = 100,
-    simplify: bool = False,
-    device: str = "cpu",
-    iou: float = 0.45,
-    conf: float = 0.25,
-    workspace: float = 4.0,
-) -> Path:
+def run_export(weights: str | Path, *, options: ExportOptions | None = None, **overrides: Any) -> Path:
     """Export the checkpoint ``weights`` next to it (best.pt -> best.onnx / best.torchscript / best.engine).
 
     Exports the deploy model only (the Detector in the checkpoint's ``state_dict``, decoded output),
@@ -165,16 +151,17 @@ def run_export(
     in-graph NMS thresholds (``nms``). Raises ExportError / CheckpointError / DeviceError with a
     one-line message for user mistakes.
     """
-    fmt = str(format).lower().lstrip(".")
+    o = with_overrides(ExportOptions, options, overrides)
+    fmt = str(o.format).lower().lstrip(".")
     if fmt not in FORMATS:
-        raise ExportError(f"--format {format!r} is not supported; choose one of: {', '.join(FORMATS)}")
-    if batch < 1 or max_det < 1:
-        raise ExportError(f"--batch ({batch}) and --max-det ({max_det}) must be >= 1")
+        raise ExportError(f"--format {o.format!r} is not supported; choose one of: {', '.join(FORMATS)}")
+    if o.batch < 1 or o.max_det < 1:
+        raise ExportError(f"--batch ({o.batch}) and --max-det ({o.max_det}) must be >= 1")
 
-    dev = select_device(device)
-    if half and dev.type != "cuda":
+    dev = select_device(o.device)
+    if o.half and dev.type != "cuda":
         raise ExportError("--half needs a CUDA device; use --device 0")
-    if nms and fmt == "torchscript":
+    if o.nms and fmt == "torchscript":
         raise ExportError("--nms puts NMS in ONNX/TensorRT graphs only; drop --nms for --format torchscript")
     if fmt == "engine":
         require_cuda(dev)
@@ -184,35 +171,35 @@ def run_export(
         raise ExportError(f"{weights}: is already an exported model; pass the .pt checkpoint it came from")
 
     # TensorRT converts to FP16 itself (--half is a builder flag), so its ONNX stays fp32
-    model, ckpt, stride = _load_deploy_model(weights, dev, half and fmt != "engine")
-    hw = _export_size(imgsz, ckpt, stride)
-    meta = export_metadata(ckpt, hw, stride, nms, batch, dynamic)
+    model, ckpt, stride = _load_deploy_model(weights, dev, o.half and fmt != "engine")
+    hw = _export_size(o.imgsz, ckpt, stride)
+    meta = export_metadata(ckpt, hw, stride, o.nms, o.batch, o.dynamic)
     dtype = next(model.parameters()).dtype
-    x = torch.rand(batch, 3, *hw, generator=torch.Generator().manual_seed(0)).to(dev, dtype)
-    probes = [x, _dynamic_probe(x, stride)] if dynamic else [x]
+    x = torch.rand(o.batch, 3, *hw, generator=torch.Generator().manual_seed(0)).to(dev, dtype)
+    probes = [x, _dynamic_probe(x, stride)] if o.dynamic else [x]
     torch_fn: Callable[[Tensor], Tensor] = model
-    if nms:
-        torch_fn = DeployWithNMS(model, max_det, iou, conf).eval()
+    if o.nms:
+        torch_fn = DeployWithNMS(model, o.max_det, o.iou, o.conf).eval()
     # TensorRT may run fp32 layers in TF32, so engines get the fp16 tolerances
     atol, score_atol = tolerances(dtype == torch.float16 or fmt == "engine", hw)
 
-    info(f"Exporting {weights} ({meta['variant']}, nc={meta['nc']}) to {fmt} at {hw[0]}x{hw[1]}, batch {batch}"
-         f"{', dynamic' if dynamic else ''}{', fp16' if half else ''}{', NMS in graph' if nms else ''}")
+    info(f"Exporting {weights} ({meta['variant']}, nc={meta['nc']}) to {fmt} at {hw[0]}x{hw[1]}, batch {o.batch}"
+         f"{', dynamic' if o.dynamic else ''}{', fp16' if o.half else ''}{', NMS in graph' if o.nms else ''}")
     if fmt == "torchscript":
-        path = export_torchscript(model, weights.with_suffix(FORMATS[fmt]), hw, batch, meta)
+        path = export_torchscript(model, weights.with_suffix(FORMATS[fmt]), hw, o.batch, meta)
         runtime_fn: Callable[[Tensor], Tensor] = load_torchscript(path, dev)[0]
         what = "TorchScript"
     else:
-        onnx_path = export_onnx(model, weights.with_suffix(".onnx"), hw, batch, dynamic, opset, nms, max_det, iou,
-                                conf, simplify, meta)
+        onnx_path = export_onnx(model, weights.with_suffix(".onnx"), hw, o.batch, o.dynamic, o.opset, o.nms, o.max_det,
+                                o.iou, o.conf, o.simplify, meta)
         path, what = onnx_path, "onnxruntime"
         if fmt == "engine":
             engine_path = weights.with_suffix(FORMATS[fmt])
-            path = export_engine(onnx_path, engine_path, half, dynamic, hw, batch, workspace, meta)
+            path = export_engine(onnx_path, engine_path, o.half, o.dynamic, hw, o.batch, o.workspace, meta)
             runtime_fn, what = TensorRTBackend(path, dev), "TensorRT"
         else:
             runtime_fn = onnx_runner(path, dev)
-    diffs = [check_parity(torch_fn, runtime_fn, p, atol, score_atol, nms, what) for p in probes]
+    diffs = [check_parity(torch_fn, runtime_fn, p, atol, score_atol, o.nms, what) for p in probes]
     box, score = max(d[0] for d in diffs), max(d[1] for d in diffs)
     shapes = " and ".join("x".join(map(str, p.shape)) for p in probes)
     info(f"parity: max |diff| boxes {box:.2e}, scores {score:.2e} ({what} vs PyTorch, input {shapes})")

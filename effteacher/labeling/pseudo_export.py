@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 from rich.markup import escape
 
+from effteacher.config.commands import PseudoOptions, with_overrides
 from effteacher.config import SSODConfig
 from effteacher.data.sources import find_sources
 from effteacher.data.spec import img2label_path, load_spec, resolve_images
@@ -151,36 +152,23 @@ def _write_new(path: Path, text: str) -> None:
                               "the labels written before it are listed in review.csv") from None
 
 
-def run_pseudo(
-    source: str,
-    weights: str | Path,
-    conf: float | None = None,
-    flip: bool = False,
-    save_to_dataset: bool = False,
-    imgsz: int | None = None,
-    iou: float | None = None,
-    max_det: int = 300,
-    batch: int = 16,
-    device: str = "cpu",
-    workers: int = 2,
-    project: str | Path = "runs/pseudo",
-    name: str = "exp",
-    exist_ok: bool = False,
-) -> Path:
+def run_pseudo(source: str, weights: str | Path, *, options: PseudoOptions | None = None,
+               **overrides: Any) -> Path:
     """`effteacher pseudo`: label SOURCE with the model at ``weights``; returns the output folder."""
+    o = with_overrides(PseudoOptions, options, overrides)
     files = resolve_source(source)
-    if save_to_dataset:
+    if o.save_to_dataset:
         check_no_overwrite(files, [img2label_path(f) for f in files])
-    model, ckpt = load_model(weights, dist.select_device(device, None))
-    rule = rule_from_checkpoint(ckpt, conf)
+    model, ckpt = load_model(weights, dist.select_device(o.device, None))
+    rule = rule_from_checkpoint(ckpt, o.conf)
     names = [str(n) for n in ckpt["model"]["names"]]
     ssod = dict((ckpt.get("args") or {}).get("ssod") or {})
     floor = float(min(0.05, rule.tau1.min()))  # the training teacher's NMS floor
-    cfg = PassConfig(imgsz=int(imgsz or ckpt["model"]["imgsz"]), conf=floor,
-                     iou=float(iou if iou is not None else ssod.get("nms_iou", 0.65)),
-                     agnostic=bool(ssod.get("agnostic_nms", False)), max_det=max_det, flip=flip, batch=batch,
-                     workers=workers)
-    with run_folder(project, name, exist_ok) as out:
+    cfg = PassConfig(imgsz=int(o.imgsz or ckpt["model"]["imgsz"]), conf=floor,
+                     iou=float(o.iou if o.iou is not None else ssod.get("nms_iou", 0.65)),
+                     agnostic=bool(ssod.get("agnostic_nms", False)), max_det=o.max_det, flip=o.flip, batch=o.batch,
+                     workers=o.workers)
+    with run_folder(o.project, o.name, o.exist_ok) as out:
         (out / "labels").mkdir(parents=True, exist_ok=True)
         used: set[str] = set()
         rows: list[dict[str, Any]] = []
@@ -195,7 +183,7 @@ def run_pseudo(
             text = "".join(line + "\n" for line in yolo_lines(rel, pred.shape))
             label_file = out / "labels" / f"{Path(out_name).stem}.txt"
             atomic_write_text(label_file, text)
-            if save_to_dataset:
+            if o.save_to_dataset:
                 label_file = img2label_path(pred.path)
                 _write_new(label_file, text)
             img_id = len(images) + 1
@@ -225,7 +213,7 @@ def run_pseudo(
         n_rel, n_unc = sum(r["n_reliable"] for r in rows), sum(r["n_uncertain"] for r in rows)
         info(escape(f"{len(rows)} images: {n_rel} reliable boxes (in labels/*.txt), {n_unc} uncertain (only in "
                     f"pseudo_labels.json); thresholds: {rule.source}, tau2 mean {rule.tau2.mean():.3f}, "
-                    f"tau1 mean {rule.tau1.mean():.3f}{', flip ensemble' if flip else ''}"))
-        where = f"; labels also written beside the images ({len(rows)} new files)" if save_to_dataset else ""
+                    f"tau1 mean {rule.tau1.mean():.3f}{', flip ensemble' if o.flip else ''}"))
+        where = f"; labels also written beside the images ({len(rows)} new files)" if o.save_to_dataset else ""
         info(escape(f"Results saved to {out} (labels/, pseudo_labels.json, review.csv: look at the first rows first){where}"))
         return out

@@ -18,6 +18,7 @@ import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
+from effteacher.config.commands import RankOptions, with_overrides
 from effteacher.data.dataset import scan_labeled, scan_unlabeled
 from effteacher.data.records import ImageRecord
 from effteacher.data.spec import load_spec
@@ -135,25 +136,13 @@ def select(scores: np.ndarray, features: np.ndarray, budget: int, labeled_featur
     return k_center_greedy(features, budget, centers=labeled_features, weights=scores + 1e-6, radius=radius)
 
 
-def run_rank(
-    weights: str | Path,
-    data: str,
-    budget: int = 100,
-    labeled: str | None = None,
-    flip: bool = False,
-    imgsz: int | None = None,
-    batch: int = 16,
-    device: str = "cpu",
-    workers: int = 2,
-    project: str | Path = "runs/rank",
-    name: str = "exp",
-    exist_ok: bool = False,
-) -> Path:
+def run_rank(weights: str | Path, *, options: RankOptions | None = None, **overrides: Any) -> Path:
     """`effteacher rank`: write to_label.txt and rank.csv for the unlabeled images of ``data``; returns the folder."""
-    if budget < 1:
-        raise ConfigError(f"--budget {budget}: rank at least 1 image")
-    model, ckpt = load_model(weights, dist.select_device(device, None))
-    spec, cand = gather_candidates(data, weights, labeled)
+    o = with_overrides(RankOptions, options, overrides)
+    if o.budget < 1:
+        raise ConfigError(f"--budget {o.budget}: rank at least 1 image")
+    model, ckpt = load_model(weights, dist.select_device(o.device, None))
+    spec, cand = gather_candidates(o.data, weights, o.labeled)
     names = [str(n) for n in ckpt["model"]["names"]]
     if len(names) != len(spec.names):
         raise DatasetError(f"{weights} predicts {len(names)} classes ({names}) but {spec.yaml_path} has "
@@ -162,11 +151,11 @@ def run_rank(
         warn(n)
     rule = rule_from_checkpoint(ckpt)
     ssod = dict((ckpt.get("args") or {}).get("ssod") or {})
-    cfg = PassConfig(imgsz=int(imgsz or ckpt["model"]["imgsz"]), conf=float(min(0.05, rule.tau1.min())),
+    cfg = PassConfig(imgsz=int(o.imgsz or ckpt["model"]["imgsz"]), conf=float(min(0.05, rule.tau1.min())),
                      iou=float(ssod.get("nms_iou", 0.65)), agnostic=bool(ssod.get("agnostic_nms", False)),
-                     flip=flip, views=True, batch=batch, workers=workers)
+                     flip=o.flip, views=True, batch=o.batch, workers=o.workers)
     info(escape(f"ranking {len(cand.paths)} unlabeled images against {len(cand.labeled)} labeled "
-                f"({cand.labeled_from}) for a budget of {budget}"))
+                f"({cand.labeled_from}) for a budget of {o.budget}"))
     feat_cfg = dataclasses.replace(cfg, flip=False, views=False)  # labeled images: features only
     lab_feats = np.stack([p.feature for p in teacher_pass(model, [r.path for r in cand.labeled], feat_cfg)]) \
         if cand.labeled else None
@@ -182,10 +171,10 @@ def run_rank(
         (feats,) = standardize_features(feats)
     cols = score_images(preds, counts, rule, feats, lab_feats)
     cols["score"] = combine_scores(cols, SCORE_WEIGHTS)
-    if budget > len(preds):
-        warn(f"--budget {budget} is more than the {len(preds)} unlabeled images: all of them are listed")
-    picks = select(cols["score"], feats, budget, lab_feats)
-    with run_folder(project, name, exist_ok) as out:
+    if o.budget > len(preds):
+        warn(f"--budget {o.budget} is more than the {len(preds)} unlabeled images: all of them are listed")
+    picks = select(cols["score"], feats, o.budget, lab_feats)
+    with run_folder(o.project, o.name, o.exist_ok) as out:
         atomic_write_text(out / "to_label.txt", "".join(preds[i].path + "\n" for i in picks))
         pick_of = {i: n for n, i in enumerate(picks, 1)}
         source = dict(zip(cand.paths, cand.sources))

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from rich.markup import escape
 
+from effteacher.config.commands import PredictOptions, with_overrides
 from effteacher.data.augment import letterbox
 from effteacher.data.dataset import image_shape
 from effteacher.data.sources import find_sources
@@ -160,26 +161,14 @@ def label_lines(det: Detections) -> list[str]:
             for c, b, s in zip(det.classes.tolist(), xywhn.tolist(), det.scores.tolist())]
 
 
-def run_predict(
-    source: str | Path,
-    weights: str | Path,
-    conf: float = 0.25,
-    iou: float = 0.45,
-    max_det: int = 300,
-    imgsz: int | None = None,
-    device: str = "cpu",
-    save_txt: bool = False,
-    save_json: bool = False,
-    save_images: bool = True,
-    project: str | Path = "runs/predict",
-    name: str = "exp",
-    exist_ok: bool = False,
-) -> Path:
+def run_predict(source: str | Path, weights: str | Path, *, options: PredictOptions | None = None,
+                **overrides: Any) -> Path:
     """`effteacher predict`: run weights on SOURCE; writes into runs/predict/exp{N} and returns that folder."""
+    o = with_overrides(PredictOptions, options, overrides)
     files = find_sources(source)
-    det = Detector(weights, device=device, conf=conf, iou=iou, imgsz=imgsz, max_det=max_det)
-    with run_folder(project, name, exist_ok) as save_dir:
-        if save_txt:
+    det = Detector(weights, device=o.device, conf=o.conf, iou=o.iou, imgsz=o.imgsz, max_det=o.max_det)
+    with run_folder(o.project, o.name, o.exist_ok) as save_dir:
+        if o.save_txt:
             (save_dir / "labels").mkdir(parents=True, exist_ok=True)
         used: set[str] = set()
         records: list[dict[str, Any]] = []
@@ -200,12 +189,12 @@ def run_predict(
             summary = ", ".join(f"{n} {det.names[c]}" for c, n in enumerate(counts.tolist()) if n) or "no detections"
             info(escape(f"image {i + 1}/{len(files)} {f}: {d.shape[0]}x{d.shape[1]} {summary}, "
                         f"{d.speed['inference']:.1f}ms"))
-            if save_images:
+            if o.save_images:
                 cv2.imwrite(str(save_dir / out_name), draw_detections(img, d))
-            if save_txt and len(d):
+            if o.save_txt and len(d):
                 (save_dir / "labels" / f"{Path(out_name).stem}.txt").write_text("\n".join(label_lines(d)) + "\n")
                 n_labels += 1
-            if save_json:
+            if o.save_json:
                 wh = d.boxes[:, 2:] - d.boxes[:, :2]
                 records += [{"image_id": Path(out_name).stem, "file_name": str(f), "category_id": int(c),
                              "name": det.names[int(c)], "bbox": [round(float(b[0]), 3), round(float(b[1]), 3),
@@ -213,13 +202,13 @@ def run_predict(
                              "score": round(float(p), 5)} for b, s, c, p in zip(d.boxes, wh, d.classes, d.scores)]
         if n_done == 0:
             raise DatasetError(f"none of the {len(files)} images in '{source}' could be read")
-        if save_json:
+        if o.save_json:
             (save_dir / "predictions.json").write_text(json.dumps(records))
         sp = times / n_done
         h, w = det.imgsz
         info(f"Speed: {sp[0]:.1f}ms pre-process, {sp[1]:.1f}ms inference, {sp[2]:.1f}ms NMS per image "
              f"at shape (1, 3, {h}, {w})")
-        extra = f", {n_labels} label files in {save_dir / 'labels'}" if save_txt else ""
+        extra = f", {n_labels} label files in {save_dir / 'labels'}" if o.save_txt else ""
         info(escape(f"Results saved to {save_dir}{extra}"))
         return save_dir
 

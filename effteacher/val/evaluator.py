@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from effteacher.config.commands import ValOptions, with_overrides
 from effteacher.data.dataset import scan_labeled
 from effteacher.data.loaders import LabeledDataset
 from effteacher.data.records import ImageRecord
@@ -209,40 +210,28 @@ class Evaluator:
         plot_confusion_matrix(cm.matrix, self.names, save_dir / "confusion_matrix.png")
 
 
-def run_val(
-    weights: str | Path,
-    data: str | Path = "sample",
-    imgsz: int | None = None,
-    batch: int = 16,
-    conf: float = 0.001,
-    iou: float = 0.6,
-    split: str = "val",
-    device: str = "cpu",
-    workers: int = 2,
-    project: str | Path = "runs/val",
-    name: str = "exp",
-    exist_ok: bool = False,
-    half: bool = False,
-) -> ValResult:
-    """`effteacher val`: score any weights format on a dataset split; writes runs/val/exp{N}."""
-    if split not in ("val", "test", "train"):
-        raise ConfigError(f"--split {split!r} is unknown; use val or test")
-    spec = load_spec(data)
-    sources = getattr(spec, split)
+def run_val(weights: str | Path, *, options: ValOptions | None = None, **overrides: Any) -> ValResult:
+    """`effteacher val`: score any weights format on a dataset split; writes runs/val/exp{N}
+    (``options``, or its defaults with the keyword ``overrides``)."""
+    o = with_overrides(ValOptions, options, overrides)
+    if o.split not in ("val", "test", "train"):
+        raise ConfigError(f"--split {o.split!r} is unknown; use val or test")
+    spec = load_spec(o.data)
+    sources = getattr(spec, o.split)
     if not sources:
-        raise DatasetError(f"{spec.yaml_path or data}: has no '{split}' images; add a {split}: entry or pick "
+        raise DatasetError(f"{spec.yaml_path or o.data}: has no '{o.split}' images; add a {o.split}: entry or pick "
                            "another --split")
-    backend = load_backend(weights, device, half=half)
+    backend = load_backend(weights, o.device, half=o.half)
     if backend.nc != len(spec.names):
         raise DatasetError(f"{weights}: the model has {backend.nc} classes {backend.names} but "
-                           f"{spec.yaml_path or data} has {len(spec.names)} {spec.names}; use matching weights")
+                           f"{spec.yaml_path or o.data} has {len(spec.names)} {spec.names}; use matching weights")
     records = scan_labeled(sources, spec.names).records
-    size = imgsz or max(backend.imgsz)
-    with run_folder(project, name, exist_ok) as save_dir:
-        ev = Evaluator(records, spec.names, size, batch, workers, conf, iou, backend.device, half=half)
+    size = o.imgsz or max(backend.imgsz)
+    with run_folder(o.project, o.name, o.exist_ok) as save_dir:
+        ev = Evaluator(records, spec.names, size, o.batch, o.workers, o.conf, o.iou, backend.device, half=o.half)
         result = ev.run(backend, save_dir=save_dir, plots=True)
     sp = result.speed
-    shape = f"({batch}, 3, {size}, {size})"
+    shape = f"({o.batch}, 3, {size}, {size})"
     info(f"Speed: {sp['preprocess']:.1f}ms pre-process, {sp['inference']:.1f}ms inference, "
          f"{sp['nms']:.1f}ms NMS per image at shape {shape}")
     info(f"Results saved to [bold]{save_dir}[/bold]")
