@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Test-only: the `yolov5` package builds real YOLOv5 models for tests/test_yolov5_import.py. It is installed
+# Test-only: the `yolov5` package builds real YOLOv5 models for tests/models/test_yolov5_import.py. It is installed
 # without its long dependency list (ultralytics' own deps, boto3, roboflow, tensorboard, sahi ...); the
 # second list is what its models/yolo.py imports (setuptools<81 still ships pkg_resources).
 YOLOV5_TEST_PKGS := yolov5==7.0.14 ultralytics==8.4.190

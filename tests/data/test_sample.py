@@ -68,7 +68,7 @@ def test_default_sample_via_load_spec_yaml_and_cli(tmp_path, monkeypatch):
     spec = load_spec("sample")
     assert spec.root == tmp_path / "sample-v2"
     assert len(resolve_images(spec.train)) == 500 and len(resolve_images(spec.val)) == 200
-    repo_yaml = Path(__file__).resolve().parents[1] / "data" / "sample.yaml"
+    repo_yaml = Path(__file__).resolve().parents[2] / "data" / "sample.yaml"
     spec2 = load_spec(repo_yaml)  # `generate: sample` + path under $EFFTEACHER_CACHE: the same data
     assert spec2.root == spec.root and spec2.names == spec.names and spec2.train == spec.train
     r = CliRunner().invoke(app, ["check", "--data", "sample"])

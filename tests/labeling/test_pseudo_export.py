@@ -15,7 +15,6 @@ import yaml
 from typer.testing import CliRunner
 
 from effteacher.cli import app
-from effteacher.data.sample import SampleConfig, generate
 
 TINY = ["--imgsz", "96", "--batch", "4", "--workers", "0"]
 
@@ -45,24 +44,21 @@ def _hot_checkpoint(src: Path, dst: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def loop(tmp_path_factory) -> dict[str, Path]:
-    """Tiny dataset (+ a YAML with 'unlabeled' images), a 2-epoch SSOD run and a detecting checkpoint in its folder."""
+def loop(tiny_data, ssod_run, tmp_path_factory) -> dict[str, Path]:
+    """The shared dataset (+ a YAML with 'unlabeled' images), a copy of the shared 2-epoch SSOD run and a detecting
+    checkpoint in its folder (rank reads the run's split beside the weights)."""
     root = tmp_path_factory.mktemp("loop")
-    y = generate(root / "ds", SampleConfig(n_train=24, n_val=6, imgsz=96, min_digit=16, max_digit=40, max_digits=3),
-                 progress=False)
-    extra = root / "ds" / "extra"
+    ds = tiny_data.parent
+    extra = root / "extra"
     extra.mkdir()
-    for i, f in enumerate(sorted((root / "ds" / "images" / "val").glob("*.jpg"))[:4]):
+    for i, f in enumerate(sorted((ds / "images" / "val").glob("*.jpg"))[:4]):
         shutil.copy(f, extra / f"u{i}.jpg")
-    d = yaml.safe_load(y.read_text())
-    yu = root / "ds" / "with_unlabeled.yaml"
-    yu.write_text(yaml.safe_dump({**d, "unlabeled": "extra"}))
-    res = _cli(["train", "--data", str(y), "--labeled", "25%", "--epochs", "2", "--burn-in", "1", *TINY,
-                "--project", str(root / "runs"), "--name", "ssod", "--thresholds", "fixed"])
-    assert res.exit_code == 0, res.output
-    run = root / "runs" / "ssod"
+    d = yaml.safe_load(tiny_data.read_text())
+    yu = root / "with_unlabeled.yaml"
+    yu.write_text(yaml.safe_dump({**d, "path": str(ds), "unlabeled": str(extra)}))
+    run = shutil.copytree(ssod_run, root / "runs" / "ssod")
     hot = _hot_checkpoint(run / "weights" / "best.pt", run / "weights" / "hot.pt")
-    return {"root": root, "yaml": y, "yaml_u": yu, "run": run, "hot": hot, "extra": extra}
+    return {"ds": ds, "yaml": tiny_data, "yaml_u": yu, "run": run, "hot": hot, "extra": extra}
 
 
 def test_teacher_checkpoint_stores_its_thresholds(loop):
@@ -84,7 +80,7 @@ def _review(out: Path) -> list[dict[str, str]]:
 def test_pseudo_writes_yolo_coco_and_review(loop, tmp_path):
     from pycocotools.coco import COCO
 
-    src = loop["root"] / "ds" / "images" / "val"
+    src = loop["ds"] / "images" / "val"
     res = _cli(["pseudo", str(src), "--weights", str(loop["hot"]), "--workers", "0", "--project", str(tmp_path)])
     assert res.exit_code == 0, res.output
     out = tmp_path / "exp"
@@ -120,7 +116,7 @@ def test_pseudo_writes_yolo_coco_and_review(loop, tmp_path):
     assert sum(int(r["n_uncertain"]) for r in review) == status.count("uncertain")
     assert {r["image"] for r in review} == {str(p) for p in images}
     # nothing was written next to the user's images
-    assert not (loop["root"] / "ds" / "labels" / "val" / "pseudo").exists()
+    assert not (loop["ds"] / "labels" / "val" / "pseudo").exists()
     # --conf raises every class's reliable threshold: fewer reliable boxes
     res = _cli(["pseudo", str(src), "--weights", str(loop["hot"]), "--workers", "0", "--project", str(tmp_path),
                 "--conf", "0.95", "--flip"])
@@ -133,7 +129,7 @@ def test_pseudo_save_to_dataset_round_trips_and_never_overwrites(loop, tmp_path)
 
     imgs = tmp_path / "new" / "images"
     imgs.mkdir(parents=True)
-    for f in sorted((loop["root"] / "ds" / "images" / "val").glob("*.jpg"))[:3]:
+    for f in sorted((loop["ds"] / "images" / "val").glob("*.jpg"))[:3]:
         shutil.copy(f, imgs / f.name)
     args = ["pseudo", str(imgs), "--weights", str(loop["hot"]), "--workers", "0", "--project", str(tmp_path / "runs")]
     res = _cli([*args, "--save-to-dataset"])
@@ -208,8 +204,8 @@ def test_rank_writes_k_unique_unlabeled_paths(loop, tmp_path):
     assert len(allp) == len(set(allp)) == len(rows)
 
 
-def test_training_from_a_labeled_list(loop, tmp_path):
-    ds = loop["root"] / "ds"
+def test_training_from_a_labeled_list(tiny_data_copy, tmp_path):
+    ds = tiny_data_copy.parent
     train = sorted((ds / "images" / "train").glob("*.jpg"))
     lst = tmp_path / "lists" / "labeled.txt"
     lst.parent.mkdir()
@@ -217,7 +213,7 @@ def test_training_from_a_labeled_list(loop, tmp_path):
     lst.write_text(f"# chosen by effteacher rank\n{train[0]}\n\nimages/train/{train[1].name}\n{train[2]}\n{train[0]}\n")
     inside = ds / "images" / "mine.txt"
     inside.write_text(f"train/{train[3].name}\n")  # relative to the list's own folder
-    res = _cli(["train", "--data", str(loop["yaml"]), "--labeled", str(lst), "--supervised", "--epochs", "1", *TINY,
+    res = _cli(["train", "--data", str(tiny_data_copy), "--labeled", str(lst), "--supervised", "--epochs", "1", *TINY,
                 "--project", str(tmp_path / "runs"), "--name", "fromlist"])
     assert res.exit_code == 0, res.output
     run = tmp_path / "runs" / "fromlist"
@@ -226,7 +222,7 @@ def test_training_from_a_labeled_list(loop, tmp_path):
     assert m["labeled_list"]["path"] == str(lst.resolve()) and len(m["labeled_list"]["sha256"]) == 64
     assert m["n_labeled"] == 3 and m["n_unlabeled"] == len(train) - 3
     assert (run / "weights" / "best.pt").is_file()
-    res = _cli(["split", "--data", str(loop["yaml"]), "--labeled", str(inside), "--project", str(tmp_path / "sp")])
+    res = _cli(["split", "--data", str(tiny_data_copy), "--labeled", str(inside), "--project", str(tmp_path / "sp")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "sp" / "exp" / "labeled.txt").read_text().splitlines() == [str(train[3])]
     # one clear error per bad line, naming the list and the line
@@ -234,10 +230,10 @@ def test_training_from_a_labeled_list(loop, tmp_path):
                       (f"{sorted((ds / 'images' / 'val').glob('*.jpg'))[0]}\n", "labeled.txt:1:"),
                       ("# nothing\n", "lists no image")]:
         lst.write_text(text)
-        res = _cli(["split", "--data", str(loop["yaml"]), "--labeled", str(lst), "--project", str(tmp_path / "sp")])
+        res = _cli(["split", "--data", str(tiny_data_copy), "--labeled", str(lst), "--project", str(tmp_path / "sp")])
         assert res.exit_code == 1 and msg in _text(res), res.output
         assert "Traceback" not in res.output
-    res = _cli(["split", "--data", str(loop["yaml"]), "--labeled", str(tmp_path / "missing.txt")])
+    res = _cli(["split", "--data", str(tiny_data_copy), "--labeled", str(tmp_path / "missing.txt")])
     assert res.exit_code == 1 and "file not found" in _text(res)
 
 
@@ -246,7 +242,7 @@ def test_list_layout_where_only_listed_images_have_labels(loop, tmp_path):
     from effteacher.config import TrainConfig, replace
     from effteacher.train.setup import load_train_data
 
-    src = loop["root"] / "ds"
+    src = loop["ds"]
     ds = tmp_path / "ds"
     shutil.copytree(src / "images", ds / "images")
     shutil.copytree(src / "labels" / "val", ds / "labels" / "val")

@@ -15,7 +15,7 @@ behaviour. It imports only the CLI and the sample-data generator (via conftest),
 
 Regenerate the golden file ONLY when a change of behaviour is intended, and say so in CHANGELOG.md:
 
-    EFFTEACHER_UPDATE_GOLDEN=1 pytest tests/test_golden.py
+    EFFTEACHER_UPDATE_GOLDEN=1 pytest tests/train/test_golden.py
 
 In that mode each run is done twice and must give identical results (determinism) before the JSON is written.
 """
@@ -36,7 +36,7 @@ from typer.testing import CliRunner
 
 from effteacher.cli import app
 
-GOLDEN = Path(__file__).parent / "golden" / "runs.json"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "runs.json"
 UPDATE = os.environ.get("EFFTEACHER_UPDATE_GOLDEN") == "1"
 REL, ABS = 1e-4, 1e-5  # results.csv cells (six significant digits)
 # The sum of |weights| is dominated by the initial weights that a short run barely moves, so it gets a

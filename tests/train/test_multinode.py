@@ -19,7 +19,7 @@ from effteacher.train import setup as S
 from effteacher.errors import CheckpointError, DatasetError, DeviceError
 from effteacher.ssod.thresholds import EpochAdaptorThresholds
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--imgsz", "96", "--batch", "4", "--workers", "0"]
 
 

@@ -101,18 +101,9 @@ def _fail(monkeypatch, target: str) -> None:
     monkeypatch.setattr(target, boom)
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_data, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("trained")
-    res = _cli(["train", "--data", str(tiny_data), "--supervised", "--labeled", "50%", "--epochs", "1", *TINY,
-                "--project", str(root), "--name", "run"])
-    assert res.exit_code == 0, res.output
-    return root / "run"
-
-
 @pytest.mark.parametrize("command", ["val", "predict", "pseudo", "rank", "split"])
-def test_failed_command_leaves_no_run_folder(command, trained, tiny_data, tmp_path, monkeypatch):
-    weights = str(trained / "weights" / "best.pt")
+def test_failed_command_leaves_no_run_folder(command, ssod_run, tiny_data, tmp_path, monkeypatch):
+    weights = str(ssod_run / "weights" / "best.pt")
     bad = tmp_path / "bad"
     bad.mkdir()
     for i in range(2):
