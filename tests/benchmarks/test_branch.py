@@ -159,3 +159,17 @@ def test_ablation_minutes_survive_a_lost_wall_time():
 
     assert _minutes({"min": 0.0, "train_min": 79.6}) == "80 min training"
     assert _minutes({"min": 95.0, "train_min": 79.6}) == "80 min training, 95 min wall"
+
+
+def test_benchmark_reader_keeps_measured_rows_only(tmp_path):
+    from benchmarks.branch import rows
+
+    legacy, new = tmp_path / "legacy", tmp_path / "new"
+    for d in (legacy, new):
+        d.mkdir()
+    (legacy / "results.csv").write_text("epoch,train/iterations,metrics/mAP50\n1,10,0\n2,20,0.5\n")
+    (new / "results.csv").write_text("epoch,train/iterations,train/steps,pseudo/precision,metrics/mAP50\n"
+                                     "1,10,5,,\n2,20,10,,0\n3,30,15,0.5,0.25\n")
+    assert [r["epoch"] for r in rows(legacy)] == [2.0]  # old files wrote 0 for "not validated"
+    out = rows(new)
+    assert [r["epoch"] for r in out] == [2.0, 3.0] and "pseudo/precision" not in out[0]

@@ -22,8 +22,23 @@ import yaml
 from typer.testing import CliRunner
 
 from effteacher.cli import app
-from effteacher.config import TrainConfig
-from effteacher.options import OPTION_RANGES, TRAIN_RANGES, Range, _fields, check_options
+from effteacher.config import TrainConfig, defaults_for, replace
+from effteacher.options import (
+    OPTION_RANGES,
+    TRAIN_RANGES,
+    Range,
+    _fields,
+    check_options,
+    check_train_config,
+    train_config_problems,
+)
+
+TINY = ["--imgsz", "96", "--batch", "4", "--workers", "0"]
+
+
+def _invoke(args: list[str], **kw):
+    return CliRunner().invoke(app, args, **kw)
+
 
 HUGE = ("1" + "0" * 30, "18446744073709551617")
 
@@ -232,8 +247,8 @@ def test_labeled_file_without_extension(tmp_path):
 
 def test_checkpoint_metadata_types(tmp_path, monkeypatch):
     """A file that says format: effteacher but holds model: 5 is a CheckpointError naming the file."""
-    from effteacher.models.checkpoint import load_checkpoint
     from effteacher.errors import CheckpointError
+    from effteacher.models.checkpoint import load_checkpoint
 
     p = tmp_path / "bad.pt"
     torch.save({"format": "effteacher", "format_version": 1, "model": 5, "state_dict": {}}, p)
@@ -282,8 +297,8 @@ def test_missing_listed_image_is_not_found(tmp_path, capsys):
 
     from effteacher.data.dataset import image_shape
     from effteacher.data.sources import find_sources
-    from effteacher.predict.predictor import _read
     from effteacher.errors import DatasetError
+    from effteacher.predict.predictor import _read
 
     img = tmp_path / "a.jpg"
     cv2.imwrite(str(img), np.zeros((32, 32, 3), np.uint8))
@@ -299,3 +314,88 @@ def test_missing_listed_image_is_not_found(tmp_path, capsys):
     lst.write_text("missing.jpg\n")
     with pytest.raises(DatasetError, match="none of the 1 images listed"):
         find_sources(lst)
+
+
+# ------------------------------------------------------------------------------------ 1. options
+@pytest.mark.parametrize("args, message", [
+    (["--batch", "0"], "--batch 0: must be a whole number >= 1"),
+    (["--imgsz", "0"], "--imgsz 0: must be a whole number >= 1"),
+    (["--epochs", "-1"], "--epochs -1: must be a whole number >= 0"),
+    (["--workers", "-2"], "--workers -2: must be a whole number >= 0"),
+    (["--patience", "0"], "--patience 0: must be a whole number >= 1"),
+    (["--seed", "-1"], "--seed -1: must be a whole number >= 0"),
+    (["--labeled", "150%"], "at most 100%"),
+    (["--labeled", "ten"], "is not understood"),
+    (["--burn-in", "5", "--epochs", "2"], "or --supervised for a supervised run"),
+    (["--burn-in", "2", "--epochs", "2"], "--burn-in 2 with --epochs 2 leaves no semi-supervised epoch"),
+    (["--burn-in", "-1"], "--burn-in '-1'"),
+    (["--nproc", "0"], "--nproc 0: must be a whole number >= 1"),
+    (["--thresholds", "best"], "--thresholds 'best': use one of adaptor, fixed, gmm"),
+])
+def test_bad_options_stop_before_any_folder_or_scan(tmp_path, args, message):
+    res = _invoke(["train", "--data", str(tmp_path / "never-read.yaml"), "--project", str(tmp_path / "runs"), *args])
+    assert res.exit_code == 1, res.output
+    assert message in res.output
+    assert "never-read.yaml" not in res.output  # checked before the dataset is even looked at
+    assert "Traceback" not in res.output and not (tmp_path / "runs").exists()
+
+
+def test_cfg_yaml_values_are_checked_one_line_each(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"batch": "16", "optim": {"lr0": -0.1, "optimizer": "adam"},
+                                   "ssod": {"tau1": 1.5}, "aug": {"mosaic": 2.0}}))
+    res = _invoke(["train", "--cfg", str(cfg), "--project", str(tmp_path / "runs")])
+    assert res.exit_code == 1
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("ERROR")]
+    assert len(errors) == 5, res.output
+    for m in ("--batch '16': expected a whole number", "cfg optim.lr0 -0.1: must be a number >= 0 and <= 1",
+              "cfg optim.optimizer 'adam': use one of auto, sgd, adamw", "cfg ssod.tau1 1.5: must be a number",
+              "cfg aug.mosaic 2.0: must be a number >= 0 and <= 1 (a probability)"):
+        assert m in res.output, m
+
+
+def test_every_numeric_config_value_has_a_range():
+    numeric = {k for k, _, tp in _fields(TrainConfig()) if tp in (int, float) or str(tp).startswith("tuple")}
+    assert numeric == set(TRAIN_RANGES)
+    for profile in ("sample", "sample-large", "custom.yaml"):
+        assert train_config_problems(defaults_for(profile)) == [], profile
+
+
+def test_burn_in_vs_epochs_only_when_both_fixed():
+    base = TrainConfig()
+    assert train_config_problems(replace(base, burn_in="auto", epochs=2)) == []
+    assert train_config_problems(replace(base, burn_in=5, epochs=0)) == []  # epochs auto: SSOD follows burn-in
+    assert train_config_problems(replace(base, burn_in=5, epochs=2, supervised=True)) == []
+    assert len(train_config_problems(replace(base, burn_in=5, epochs=5))) == 1
+    assert "tau1" in train_config_problems(replace(base, **{"ssod.tau1": 0.7, "ssod.tau2": 0.5}))[0]
+
+
+def test_imgsz_rounded_up_to_the_stride_with_a_message(capsys):
+    assert check_train_config(replace(TrainConfig(), imgsz=33)).imgsz == 64
+    assert "--imgsz 33 is not a multiple of the largest model stride 32; using 64" in capsys.readouterr().err
+    assert check_train_config(replace(TrainConfig(), imgsz=96)).imgsz == 96
+    assert capsys.readouterr().err == ""
+
+
+def test_flip_ensemble_on_unflipped_data_warns(capsys):
+    flip = {"ssod.flip_teacher": True}
+    check_train_config(replace(TrainConfig(), **flip, **{"aug.fliplr": 0.0}))
+    assert "ssod.flip_teacher averages the teacher over mirror images, but aug.fliplr is 0" in capsys.readouterr().err
+    check_train_config(replace(TrainConfig(), **flip, **{"aug.fliplr": 0.5}))  # mirror-symmetric data: no message
+    check_train_config(replace(TrainConfig(), **flip, supervised=True, **{"aug.fliplr": 0.0}))  # no teacher
+    check_train_config(replace(TrainConfig(), **{"aug.fliplr": 0.0}))  # the default keeps the ensemble off
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["predict", "x.jpg", "--weights", "w.pt", "--conf", "2"], "--conf 2.0: must be a number >= 0 and <= 1"),
+    (["predict", "x.jpg", "--weights", "w.pt", "--max-det", "0"], "--max-det 0"),
+    (["val", "--weights", "w.pt", "--batch", "0"], "--batch 0"),
+    (["val", "--weights", "w.pt", "--iou", "0"], "--iou 0.0: must be a number > 0"),
+    (["export", "--weights", "w.pt", "--imgsz", "-5"], "--imgsz -5"),
+    (["split", "--labeled", "0.0"], "above 0%"),
+    (["split", "--seed", "-3"], "--seed -3"),
+])
+def test_other_commands_check_their_numbers_first(args, message):
+    res = _invoke(args)
+    assert res.exit_code == 1 and message in res.output and "w.pt" not in res.output, res.output

@@ -11,6 +11,7 @@ import pytest
 import effteacher.data.dataset as ds
 from effteacher.data.dataset import image_shape, scan_labeled, scan_unlabeled, validate_rows
 from effteacher.errors import DatasetError
+from effteacher.utils.files import umask
 
 
 def _img(path: Path, h: int = 48, w: int = 64, seed: int = 0) -> Path:
@@ -234,3 +235,19 @@ def test_check_and_train_report_a_broken_dataset_and_leave_it_untouched(broken, 
         assert {p: after[p] for p in before} == before, args[0]  # byte for byte
         assert all(p.name.endswith(".npz") and ".effteacher-" in p.name for p in set(after) - set(before)), args[0]
     assert (runs / "broken" / "weights" / "best.pt").is_file()
+
+
+
+def test_label_cache_is_readable_like_the_labels(tmp_path, monkeypatch):
+    from effteacher.data.dataset import CACHE_VERSION, scan_labeled
+
+    monkeypatch.setenv("EFFTEACHER_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "d"
+    _img(root / "images" / "train" / "a.jpg")
+    (root / "labels" / "train").mkdir(parents=True)
+    (root / "labels" / "train" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    res = scan_labeled([root / "images" / "train"], ["a"], progress=False)
+    assert res.cache_path == root / "labels" / "train.effteacher-labeled.npz"
+    mode = stat.S_IMODE(res.cache_path.stat().st_mode)
+    assert mode == 0o666 & ~umask() and mode & 0o044  # 0644 with the usual umask 022, not 0600
+    assert CACHE_VERSION == "2"  # entries now hold skipped rows: older caches are rebuilt

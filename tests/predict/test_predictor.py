@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -10,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from effteacher.models.checkpoint import make_checkpoint, save_checkpoint
 from effteacher.data.sources import find_sources
-from effteacher.predict.predictor import Detector, run_predict
 from effteacher.errors import CheckpointError, DatasetError
 from effteacher.export.runtime import load_backend
+from effteacher.models.checkpoint import make_checkpoint, save_checkpoint
+from effteacher.predict.predictor import Detector, run_predict
 from effteacher.utils.boxes import xywhn2xyxy
 
 NAMES = ["cat", "dog"]
@@ -109,8 +112,8 @@ def test_bad_weights(tmp_path: Path) -> None:
 
 
 def _export(weights: Path, tmp_path: Path, fmt: str, **kw) -> Path:
-    from effteacher.models.checkpoint import load_checkpoint, model_from_checkpoint
     from effteacher.export.api import export_metadata
+    from effteacher.models.checkpoint import load_checkpoint, model_from_checkpoint
     from effteacher.models.head import DeployModel
 
     ckpt = load_checkpoint(weights)
@@ -146,3 +149,31 @@ def test_onnx_nms_backend_predicts_like_pt(weights: Path, images: Path, tmp_path
     # a.jpg (64x80) letterboxes to 64x64 both for the static onnx and the pt minimum rectangle: same input
     np.testing.assert_allclose(b.boxes[0], a.boxes[0], atol=0.05)
     assert b.scores[0] == pytest.approx(a.scores[0], abs=1e-3)
+
+
+def _img(path: Path, h: int = 48, w: int = 64, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
+    return path
+
+
+# ------------------------------------------------------------------------------------ 6. messages
+def test_predict_names_a_truncated_jpeg_and_goes_on(tmp_path):
+    from effteacher.models.build import build_model
+    from effteacher.models.checkpoint import make_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    w = save_checkpoint(tmp_path / "w.pt", make_checkpoint(build_model("n", nc=2).eval(), ["a", "b"], 64, "model", 1,
+                                                           {}, {}))
+    src = tmp_path / "src"
+    good = _img(src / "good.jpg")
+    data = good.read_bytes()
+    (src / "trunc.jpg").write_bytes(data[: len(data) // 2])
+    res = subprocess.run([sys.executable, "-m", "effteacher", "predict", str(src), "--weights", str(w), "--project",
+                          str(tmp_path / "runs")], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    assert f"{src / 'trunc.jpg'}: truncated JPEG" in res.stderr
+    assert "Premature end of JPEG" not in res.stdout + res.stderr  # libjpeg never sees the broken file
+    assert "good.jpg" in res.stdout and (tmp_path / "runs/exp/good.jpg").is_file()
+    assert not (tmp_path / "runs/exp/trunc.jpg").exists()

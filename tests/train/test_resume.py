@@ -102,3 +102,34 @@ def test_resumed_run_keeps_its_optimizer(name, lr0):
     LambdaLR(opt, lambda x: 1.0)
     assert run_optimizer({"optimizer": opt.state_dict()}) == (name, pytest.approx(lr0))
     assert run_optimizer({}) is None
+
+
+def _snapshot(run: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------------------ 4. resume edges
+def test_resume_a_finished_run_says_so_and_changes_nothing(finished):
+    run, _ = finished
+    assert torch.load(run / "weights/last.pt", weights_only=True)["train_state"]["finished"] is True
+    before = _snapshot(run)
+    res = _invoke(["train", "--resume", str(run)])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "is finished (2 epochs)" in text and f"--resume {run} --epochs 3" in text
+    assert "resuming" not in text and "Class" not in text  # no training, no validation
+    assert _snapshot(run) == before
+
+
+@pytest.mark.parametrize("epochs", ["1", "2"])
+def test_resume_with_epochs_at_or_below_done_is_an_error(finished, epochs):
+    run, _ = finished
+    before = _snapshot(run)
+    res = _invoke(["train", "--resume", str(run), "--epochs", epochs])
+    assert res.exit_code == 1
+    assert f"--epochs {epochs}: {run} has already trained 2 epochs" in " ".join(res.output.split())
+    assert _snapshot(run) == before
+
+
+def _invoke(args: list[str], **kw):
+    return CliRunner().invoke(app, args, **kw)

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from effteacher.cli import app
 
 TINY = ["--imgsz", "96", "--batch", "4", "--workers", "0"]
-
 
 
 def _train(args: list[str]) -> object:
@@ -216,3 +216,15 @@ def test_auto_burn_in_hands_over_on_plateau_and_resume_keeps_it(tiny_data, tmp_p
     assert res.exit_code == 0, res.output
     assert [r["epoch"] for r in _rows(again)] == [r["epoch"] for r in rows]
     assert torch.load(again / "weights/last.pt", weights_only=True)["train_state"]["burn_epochs"] == burn["epoch"]
+
+
+def _invoke(args: list[str], **kw):
+    return CliRunner().invoke(app, args, **kw)
+
+
+def test_verbose_prints_the_per_class_table_at_every_validation(tiny_data, tmp_path):
+    res = _invoke(["train", "--data", str(tiny_data), "--supervised", "--labeled", "50%", "--epochs", "1", *TINY,
+                   "--project", str(tmp_path), "--verbose"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("mAP50-95\n") == 2  # after the epoch's validation and at the end
+    assert yaml.safe_load((tmp_path / "exp" / "args.yaml").read_text())["verbose"] is True

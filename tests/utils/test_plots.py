@@ -1,21 +1,11 @@
 """results.csv writing and resume truncation, progress output, tables, and every plot function."""
 
-import io
 
 import cv2
 import numpy as np
-import pytest
 import torch
-from rich.console import Console
 
 from effteacher.train.results_csv import CSVLogger
-from effteacher.utils.progress import (
-    TrainProgress,
-    memory_gb,
-    print_threshold_table,
-    print_val_table,
-    progress_values,
-)
 from effteacher.utils.plots import (
     plot_confusion_matrix,
     plot_images,
@@ -34,110 +24,6 @@ def _readable(path) -> np.ndarray:
     img = cv2.imread(str(path))
     assert img is not None and img.size > 0
     return img
-
-
-# ------------------------------------------------------------------------------- CSV logger
-def test_csv_header_rows_and_formatting(tmp_path):
-    log = CSVLogger(tmp_path / "results.csv", COLS)
-    log.log({"epoch": 1, "time": 1.5, "train/box_loss": 0.123456789, "metrics/mAP50": 0.5, "lr": 0.01})
-    log.log({"epoch": 2, "time": 2.0, "train/box_loss": torch.tensor(0.1), "lr": 1e-5})  # mAP missing -> empty
-    lines = (tmp_path / "results.csv").read_text().splitlines()
-    assert lines[0] == "epoch,time,train/box_loss,metrics/mAP50,lr"  # unpadded
-    assert lines[1] == "1,1.5,0.123457,0.5,0.01"
-    assert lines[2] == "2,2,0.1,,1e-05"
-    rows = log.rows()
-    assert [r["epoch"] for r in rows] == [1.0, 2.0] and rows[1]["metrics/mAP50"] == ""
-    with pytest.raises(ValueError, match="unknown"):
-        log.log({"epoch": 3, "bogus": 1})
-    with pytest.raises(ValueError, match="epoch"):
-        log.log({"time": 1})
-
-
-def test_csv_resume_truncates_and_drops_partial_line(tmp_path):
-    p = tmp_path / "results.csv"
-    log = CSVLogger(p, COLS)
-    for e in range(1, 5):
-        log.log({"epoch": e, "time": e, "train/box_loss": 1.0 / e, "metrics/mAP50": 0.1 * e, "lr": 0.01})
-    with open(p, "a") as f:
-        f.write("5,1.0,0.2")  # a kill mid-write
-    assert len(CSVLogger(p, COLS).rows()) == 4
-    kept = CSVLogger(p, COLS).truncate(2)
-    assert [r["epoch"] for r in kept] == [1.0, 2.0]
-    log2 = CSVLogger(p, COLS)
-    log2.log({"epoch": 3, "time": 9, "train/box_loss": 0.3, "metrics/mAP50": 0.7, "lr": 0.001})
-    lines = p.read_text().splitlines()
-    assert lines[0] == ",".join(COLS)
-    assert [ln.split(",")[0] for ln in lines[1:]] == ["1", "2", "3"]
-    assert lines[2] == "2,2,0.5,0.2,0.01"  # values unchanged by the rewrite
-    assert CSVLogger(tmp_path / "none.csv", COLS).truncate(3) == []
-
-
-def test_csv_truncate_with_new_columns(tmp_path):
-    p = tmp_path / "results.csv"
-    CSVLogger(p, ["epoch", "a"]).log({"epoch": 1, "a": 2.0})
-    kept = CSVLogger(p, ["epoch", "a", "b"]).truncate(1)
-    assert kept[0]["a"] == 2.0
-    assert p.read_text().splitlines() == ["epoch,a,b", "1,2,"]
-
-
-# ------------------------------------------------------------------------------ progress, tables
-def test_progress_values_mapping():
-    v = progress_values({"box": 0.1, "obj": 0.2, "cls": 0.3})
-    assert v == {"box": 0.1, "obj": 0.2, "cls": 0.3, "unsup": None, "pseudo": None}
-    v = progress_values({"box": 0.1, "ubox": 0.5, "uobj": 0.25, "ucls": 0.25, "reliable": 3, "uncertain": 2})
-    assert v["unsup"] == pytest.approx(1.0) and v["pseudo"] == pytest.approx(5.0) and v["obj"] is None
-
-
-def test_progress_non_tty_plain_lines():
-    buf = io.StringIO()
-    con = Console(file=buf, force_terminal=False, width=200)
-    assert not con.is_terminal
-    with TrainProgress(2, 10, 25, console=con) as prog:
-        for i in range(25):
-            prog.update({"box": 0.05, "obj": 0.02, "cls": 0.01}, instances=7 + i, size=128)
-    out = buf.getvalue().splitlines()
-    assert out[0].split() == ["Epoch", "Mem", "box", "obj", "cls", "unsup", "pseudo", "Instances", "Size"]
-    body = [ln for ln in out[1:] if ln.strip()]
-    assert 2 <= len(body) <= 12  # throttled, not one line per step
-    last = body[-1].split()
-    assert last[0] == "3/10" and last[1].endswith("G") and last[2] == "0.05" and last[5] == "-"
-    assert last[7] == "31" and last[8] == "128" and last[9] == "25/25"
-
-
-def test_progress_tty_and_disabled():
-    buf = io.StringIO()
-    con = Console(file=buf, force_terminal=True, width=160)
-    prog = TrainProgress(0, 1, 3, console=con)
-    for _ in range(3):
-        prog.update({"box": 1.0, "unsup": 0.5, "pseudo": 4}, 5, 64)
-    prog.close()
-    assert "1/1" in buf.getvalue() and "3/3" in buf.getvalue()
-    quiet = io.StringIO()
-    p2 = TrainProgress(0, 1, 3, enabled=False, console=Console(file=quiet))
-    p2.update({"box": 1.0}, 1, 64)
-    p2.close()
-    assert quiet.getvalue() == "" and p2.step == 1
-    assert memory_gb() > 0
-
-
-def test_val_and_threshold_tables():
-    buf = io.StringIO()
-    con = Console(file=buf, width=120)
-    rows = [{"cls": -1, "images": 10, "instances": 30, "p": 0.5, "r": 0.25, "map50": 0.4, "map": 0.2},
-            (1, 4, 12, 0.6, 0.3, 0.45, 0.25)]
-    table = print_val_table(rows, NAMES, console=con)
-    text = buf.getvalue()
-    assert [c.header for c in table.columns] == ["Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95"]
-    lines = [ln.split() for ln in text.splitlines() if ln.strip()]
-    assert lines[1] == ["all", "10", "30", "0.5", "0.25", "0.4", "0.2"]
-    assert lines[2][0] == "dog"
-    buf2 = io.StringIO()
-    print_threshold_table(torch.tensor([0.1, 0.2, 0.3]), 0.6, NAMES, console=Console(file=buf2, width=80))
-    assert "bird" in buf2.getvalue() and "0.300" in buf2.getvalue() and "0.600" in buf2.getvalue()
-    buf3 = io.StringIO()
-    print_threshold_table(np.linspace(0, 1, 30), np.ones(30), [str(i) for i in range(30)],
-                          console=Console(file=buf3, width=80))
-    assert "mean (30 classes)" in buf3.getvalue() and "0.500" in buf3.getvalue()
 
 
 # ----------------------------------------------------------------------------------------- plots

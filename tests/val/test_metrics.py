@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from effteacher.data.records import ImageRecord
+from effteacher.utils.boxes import xyxy2xywhn
 from effteacher.val.metrics import (
     ConfusionMatrix,
     ap_per_class,
@@ -14,7 +15,6 @@ from effteacher.val.metrics import (
     compute_ap,
     match_predictions,
 )
-from effteacher.utils.boxes import xyxy2xywhn
 
 
 def _record(i: int, boxes_xyxy: list, cls: list, hw=(100, 100)) -> ImageRecord:
@@ -160,3 +160,33 @@ def test_confusion_matrix():
     np.testing.assert_array_equal(cm.matrix, expected)
     cm.process(np.zeros((0, 4)), np.zeros(0), np.zeros(0), np.zeros((0, 4)), np.zeros(0))
     np.testing.assert_array_equal(cm.matrix, expected)
+
+
+def _zero(pr: dict[str, np.ndarray], nc: int) -> None:
+    assert pr["p"].shape == pr["r"].shape == pr["f1"].shape == (nc,)
+    assert pr["ap"].shape == (nc, 10) and pr["py"].shape == (nc, 1000)
+    assert not pr["p"].any() and not pr["r"].any() and not pr["ap"].any() and not pr["py"].any()
+
+
+@pytest.mark.parametrize("tp", [np.zeros((0, 10), bool), np.zeros(0, bool), []], ids=["2d", "1d", "list"])
+def test_no_prediction_at_all_scores_zero(tp):
+    pr = ap_per_class(tp, np.zeros(0), np.zeros(0, np.int64), np.array([0, 1, 1]), nc=3)
+    _zero(pr, 3)
+    assert pr["n_gt"].tolist() == [1, 2, 0]
+
+
+def test_no_prediction_and_no_ground_truth_scores_zero():
+    _zero(ap_per_class(np.zeros((0, 10), bool), np.zeros(0), np.zeros(0), np.zeros(0), nc=2), 2)
+
+
+def test_predictions_only_of_classes_without_ground_truth_score_zero():
+    # two detections of class 1 (no GT), the GT is of class 0 (no detection)
+    boxes = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], float)
+    correct = match_predictions(boxes, np.array([1, 1]), np.array([[0, 0, 10, 10]], float), np.array([0]))
+    assert correct.shape == (2, 10) and not correct.any()
+    pr = ap_per_class(correct, np.array([0.9, 0.8]), np.array([1, 1]), np.array([0]), nc=2)
+    _zero(pr, 2)
+
+
+def test_empty_curves_give_zero_ap():
+    assert compute_ap(np.zeros(0), np.zeros(0)) == 0.0
