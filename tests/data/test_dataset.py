@@ -237,7 +237,6 @@ def test_check_and_train_report_a_broken_dataset_and_leave_it_untouched(broken, 
     assert (runs / "broken" / "weights" / "best.pt").is_file()
 
 
-
 def test_label_cache_is_readable_like_the_labels(tmp_path, monkeypatch):
     from effteacher.data.dataset import CACHE_VERSION, scan_labeled
 

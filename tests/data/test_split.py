@@ -1,6 +1,7 @@
 """Labeled/unlabeled split: parsing, determinism, stratification, manifest files and the split/check CLI."""
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -135,3 +136,75 @@ def test_cli_split_and_check(tmp_path, monkeypatch):
     assert r.exit_code == 1 and "above 0%" in r.output and "Traceback" not in r.output
     r = runner.invoke(app, ["check", "--data", str(tmp_path / "missing.yaml")])
     assert r.exit_code == 1 and "not found" in r.output
+
+
+TINY = ["--imgsz", "96", "--batch", "4", "--workers", "0"]
+
+
+def _cli(args: list[str]):
+    return CliRunner().invoke(app, args, catch_exceptions=False)
+
+
+def _text(res) -> str:
+    """The command's output on one line (rich wraps long lines)."""
+    return " ".join(res.output.split())
+
+
+def test_training_from_a_labeled_list(tiny_data_copy, tmp_path):
+    ds = tiny_data_copy.parent
+    train = sorted((ds / "images" / "train").glob("*.jpg"))
+    lst = tmp_path / "lists" / "labeled.txt"
+    lst.parent.mkdir()
+    # absolute, relative to the dataset root, a duplicate, a comment and a blank line
+    lst.write_text(f"# chosen by effteacher rank\n{train[0]}\n\nimages/train/{train[1].name}\n{train[2]}\n{train[0]}\n")
+    inside = ds / "images" / "mine.txt"
+    inside.write_text(f"train/{train[3].name}\n")  # relative to the list's own folder
+    res = _cli(["train", "--data", str(tiny_data_copy), "--labeled", str(lst), "--supervised", "--epochs", "1", *TINY,
+                "--project", str(tmp_path / "runs"), "--name", "fromlist"])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "runs" / "fromlist"
+    assert (run / "split" / "labeled.txt").read_text().splitlines() == [str(p) for p in train[:3]]
+    m = json.loads((run / "split" / "split.json").read_text())
+    assert m["labeled_list"]["path"] == str(lst.resolve()) and len(m["labeled_list"]["sha256"]) == 64
+    assert m["n_labeled"] == 3 and m["n_unlabeled"] == len(train) - 3
+    assert (run / "weights" / "best.pt").is_file()
+    res = _cli(["split", "--data", str(tiny_data_copy), "--labeled", str(inside), "--project", str(tmp_path / "sp")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "sp" / "exp" / "labeled.txt").read_text().splitlines() == [str(train[3])]
+    # one clear error per bad line, naming the list and the line
+    for text, msg in [(f"{train[0]}\nimages/train/nope.jpg\n", "labeled.txt:2: images/train/nope.jpg not found"),
+                      (f"{sorted((ds / 'images' / 'val').glob('*.jpg'))[0]}\n", "labeled.txt:1:"),
+                      ("# nothing\n", "lists no image")]:
+        lst.write_text(text)
+        res = _cli(["split", "--data", str(tiny_data_copy), "--labeled", str(lst), "--project", str(tmp_path / "sp")])
+        assert res.exit_code == 1 and msg in _text(res), res.output
+        assert "Traceback" not in res.output
+    res = _cli(["split", "--data", str(tiny_data_copy), "--labeled", str(tmp_path / "missing.txt")])
+    assert res.exit_code == 1 and "file not found" in _text(res)
+
+
+def test_list_layout_where_only_listed_images_have_labels(tiny_data, tmp_path):
+    """Every image in train, label files only for the listed ones: the rest is U, with no hidden labels to report on."""
+    from effteacher.config import TrainConfig, replace
+    from effteacher.train.setup import load_train_data
+
+    src = tiny_data.parent
+    ds = tmp_path / "ds"
+    shutil.copytree(src / "images", ds / "images")
+    shutil.copytree(src / "labels" / "val", ds / "labels" / "val")
+    train = sorted((ds / "images" / "train").glob("*.jpg"))
+    (ds / "labels" / "train").mkdir()
+    for f in train[:6]:
+        shutil.copy(src / "labels" / "train" / f"{f.stem}.txt", ds / "labels" / "train")
+    y = ds / "d.yaml"
+    y.write_text(yaml.safe_dump({**yaml.safe_load(tiny_data.read_text()), "path": "."}))
+    lst = ds / "labeled.txt"
+    lst.write_text("".join(f"images/train/{f.name}\n" for f in train[:6]))
+    from effteacher.utils.dist import DistContext
+
+    data = load_train_data(replace(TrainConfig(), data=str(y), labeled=str(lst)), tmp_path / "run", False,
+                           DistContext.from_env("cpu"))
+    assert [r.path for r in data.labeled] == [str(f) for f in train[:6]]
+    assert len(data.unlabeled) == len(train) - 6 and all(r.n == 0 for r in data.unlabeled)
+    assert not data.hidden_labels_known
+    assert json.loads((tmp_path / "run" / "split" / "split.json").read_text())["n_labeled"] == 6

@@ -4,19 +4,14 @@
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
-import yaml
 from typer.testing import CliRunner
 
 from effteacher.cli import app
-
-TINY = ["--imgsz", "96", "--batch", "4", "--workers", "0"]
 
 
 def _cli(args: list[str]):
@@ -26,39 +21,6 @@ def _cli(args: list[str]):
 def _text(res) -> str:
     """The command's output on one line (rich wraps long lines)."""
     return " ".join(res.output.split())
-
-
-def _hot_checkpoint(src: Path, dst: Path) -> Path:
-    """``src`` with head biases raised so that the model detects without minutes of training: every P5 anchor
-    confident (reliable at the default tau2 0.6), every P4 anchor unsure (between tau1 and tau2), P3 silent."""
-    ck = torch.load(src, weights_only=True)
-    ck.pop("train_state", None)
-    sd = {k: v.clone() for k, v in ck["state_dict"].items()}
-    for level, (obj, cls) in {0: (-10.0, 0.0), 1: (5.0, 2.5), 2: (8.0, 4.0)}.items():
-        b = sd[f"head.{level}.bias"].view(3, -1)
-        b[:, 4] += obj
-        b[:, 5:] += cls
-    ck["state_dict"] = sd
-    torch.save(ck, dst)
-    return dst
-
-
-@pytest.fixture(scope="module")
-def loop(tiny_data, ssod_run, tmp_path_factory) -> dict[str, Path]:
-    """The shared dataset (+ a YAML with 'unlabeled' images), a copy of the shared 2-epoch SSOD run and a detecting
-    checkpoint in its folder (rank reads the run's split beside the weights)."""
-    root = tmp_path_factory.mktemp("loop")
-    ds = tiny_data.parent
-    extra = root / "extra"
-    extra.mkdir()
-    for i, f in enumerate(sorted((ds / "images" / "val").glob("*.jpg"))[:4]):
-        shutil.copy(f, extra / f"u{i}.jpg")
-    d = yaml.safe_load(tiny_data.read_text())
-    yu = root / "with_unlabeled.yaml"
-    yu.write_text(yaml.safe_dump({**d, "path": str(ds), "unlabeled": str(extra)}))
-    run = shutil.copytree(ssod_run, root / "runs" / "ssod")
-    hot = _hot_checkpoint(run / "weights" / "best.pt", run / "weights" / "hot.pt")
-    return {"ds": ds, "yaml": tiny_data, "yaml_u": yu, "run": run, "hot": hot, "extra": extra}
 
 
 def test_teacher_checkpoint_stores_its_thresholds(loop):
@@ -175,90 +137,3 @@ def test_pseudo_sources_and_errors(loop, tmp_path):
     onnx.write_bytes(b"x")
     res = _cli(["pseudo", str(loop["extra"]), "--weights", str(onnx), "--project", str(tmp_path)])
     assert res.exit_code == 1 and "need an effteacher .pt checkpoint" in _text(res)
-
-
-def test_rank_writes_k_unique_unlabeled_paths(loop, tmp_path):
-    res = _cli(["rank", "--weights", str(loop["hot"]), "--data", str(loop["yaml_u"]), "--budget", "5",
-                "--workers", "0", "--project", str(tmp_path)])
-    assert res.exit_code == 0, res.output
-    out = tmp_path / "exp"
-    picks = (out / "to_label.txt").read_text().splitlines()
-    assert len(picks) == 5 == len(set(picks)) and all(Path(p).is_file() for p in picks)
-    labeled = set((loop["run"] / "split" / "labeled.txt").read_text().splitlines())
-    assert not labeled & set(picks)
-    with open(out / "rank.csv") as f:
-        rows = list(csv.DictReader(f))
-    unlabeled = set((loop["run"] / "split" / "unlabeled.txt").read_text().splitlines())
-    assert {r["image"] for r in rows} == unlabeled | {str(p) for p in loop["extra"].glob("*.jpg")}
-    assert [r["image"] for r in rows[:5]] == picks and [r["pick"] for r in rows[:5]] == ["1", "2", "3", "4", "5"]
-    assert all(r["pick"] == "" for r in rows[5:])
-    for r in rows:
-        for k in ("score", "uncertainty", "disagreement", "rarity"):
-            assert 0.0 <= float(r[k]) <= 1.0, (k, r[k])
-        assert float(r["novelty"]) >= 0 and r["source"] in ("train", "unlabeled")
-    # a budget above the candidates lists every one of them once
-    res = _cli(["rank", "--weights", str(loop["hot"]), "--data", str(loop["yaml_u"]), "--budget", "500",
-                "--workers", "0", "--project", str(tmp_path)])
-    assert res.exit_code == 0 and "more than the" in _text(res)
-    allp = (tmp_path / "exp2" / "to_label.txt").read_text().splitlines()
-    assert len(allp) == len(set(allp)) == len(rows)
-
-
-def test_training_from_a_labeled_list(tiny_data_copy, tmp_path):
-    ds = tiny_data_copy.parent
-    train = sorted((ds / "images" / "train").glob("*.jpg"))
-    lst = tmp_path / "lists" / "labeled.txt"
-    lst.parent.mkdir()
-    # absolute, relative to the dataset root, a duplicate, a comment and a blank line
-    lst.write_text(f"# chosen by effteacher rank\n{train[0]}\n\nimages/train/{train[1].name}\n{train[2]}\n{train[0]}\n")
-    inside = ds / "images" / "mine.txt"
-    inside.write_text(f"train/{train[3].name}\n")  # relative to the list's own folder
-    res = _cli(["train", "--data", str(tiny_data_copy), "--labeled", str(lst), "--supervised", "--epochs", "1", *TINY,
-                "--project", str(tmp_path / "runs"), "--name", "fromlist"])
-    assert res.exit_code == 0, res.output
-    run = tmp_path / "runs" / "fromlist"
-    assert (run / "split" / "labeled.txt").read_text().splitlines() == [str(p) for p in train[:3]]
-    m = json.loads((run / "split" / "split.json").read_text())
-    assert m["labeled_list"]["path"] == str(lst.resolve()) and len(m["labeled_list"]["sha256"]) == 64
-    assert m["n_labeled"] == 3 and m["n_unlabeled"] == len(train) - 3
-    assert (run / "weights" / "best.pt").is_file()
-    res = _cli(["split", "--data", str(tiny_data_copy), "--labeled", str(inside), "--project", str(tmp_path / "sp")])
-    assert res.exit_code == 0, res.output
-    assert (tmp_path / "sp" / "exp" / "labeled.txt").read_text().splitlines() == [str(train[3])]
-    # one clear error per bad line, naming the list and the line
-    for text, msg in [(f"{train[0]}\nimages/train/nope.jpg\n", "labeled.txt:2: images/train/nope.jpg not found"),
-                      (f"{sorted((ds / 'images' / 'val').glob('*.jpg'))[0]}\n", "labeled.txt:1:"),
-                      ("# nothing\n", "lists no image")]:
-        lst.write_text(text)
-        res = _cli(["split", "--data", str(tiny_data_copy), "--labeled", str(lst), "--project", str(tmp_path / "sp")])
-        assert res.exit_code == 1 and msg in _text(res), res.output
-        assert "Traceback" not in res.output
-    res = _cli(["split", "--data", str(tiny_data_copy), "--labeled", str(tmp_path / "missing.txt")])
-    assert res.exit_code == 1 and "file not found" in _text(res)
-
-
-def test_list_layout_where_only_listed_images_have_labels(loop, tmp_path):
-    """Every image in train, label files only for the listed ones: the rest is U, with no hidden labels to report on."""
-    from effteacher.config import TrainConfig, replace
-    from effteacher.train.setup import load_train_data
-
-    src = loop["ds"]
-    ds = tmp_path / "ds"
-    shutil.copytree(src / "images", ds / "images")
-    shutil.copytree(src / "labels" / "val", ds / "labels" / "val")
-    train = sorted((ds / "images" / "train").glob("*.jpg"))
-    (ds / "labels" / "train").mkdir()
-    for f in train[:6]:
-        shutil.copy(src / "labels" / "train" / f"{f.stem}.txt", ds / "labels" / "train")
-    y = ds / "d.yaml"
-    y.write_text(yaml.safe_dump({**yaml.safe_load(loop["yaml"].read_text()), "path": "."}))
-    lst = ds / "labeled.txt"
-    lst.write_text("".join(f"images/train/{f.name}\n" for f in train[:6]))
-    from effteacher.utils.dist import DistContext
-
-    data = load_train_data(replace(TrainConfig(), data=str(y), labeled=str(lst)), tmp_path / "run", False,
-                           DistContext.from_env("cpu"))
-    assert [r.path for r in data.labeled] == [str(f) for f in train[:6]]
-    assert len(data.unlabeled) == len(train) - 6 and all(r.n == 0 for r in data.unlabeled)
-    assert not data.hidden_labels_known
-    assert json.loads((tmp_path / "run" / "split" / "split.json").read_text())["n_labeled"] == 6
