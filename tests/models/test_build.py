@@ -1,18 +1,14 @@
-"""Models: variant table, YOLOv5 parameter counts, raw output format, bias prior, decode, retina, anchors."""
+"""Model building: variant table, YOLOv5 parameter counts, raw output format, bias prior, meta rebuild, Focus stem."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
-from torchvision.models import resnet18
 
-from effteacher.errors import CheckpointError, ConfigError
-from effteacher.models.anchors import best_possible_recall, check_anchors, kmeans_anchors
+from effteacher.errors import ConfigError
 from effteacher.models.build import DEFAULT_ANCHORS, VARIANTS, build_model
-from effteacher.models.head import DeployModel, decode
 
 
 def n_params(m: torch.nn.Module) -> int:
@@ -69,97 +65,6 @@ def test_meta_rebuild_and_custom_anchors() -> None:
     assert m.anchors[1, 2].tolist() == [24.0, 25.0]
     with pytest.raises(ConfigError):
         build_model("n", 2, anchors=[1, 2, 3])
-
-
-def test_decode_inverts_hand_encode() -> None:
-    anchors = torch.tensor(DEFAULT_ANCHORS, dtype=torch.float32).view(3, 3, 2)
-    stride = torch.tensor([8.0, 16.0, 32.0])
-    nc, shapes = 2, [(8, 8), (4, 4), (2, 2)]
-    raw = [torch.zeros(1, 3, h, w, 5 + nc) for h, w in shapes]
-    # A box at level 1, anchor 2, row 3, col 1: cx = 30, cy = 60, w = 50, h = 100 pixels.
-    cx, cy, bw, bh = 30.0, 60.0, 50.0, 100.0
-    lvl, a, gj, gi = 1, 2, 3, 1
-    sx = (cx / 16 - gi + 0.5) / 2
-    sy = (cy / 16 - gj + 0.5) / 2
-    sw = math.sqrt(bw / anchors[lvl, a, 0].item()) / 2
-    sh = math.sqrt(bh / anchors[lvl, a, 1].item()) / 2
-    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
-    raw[lvl][0, a, gj, gi] = torch.tensor([logit(sx), logit(sy), logit(sw), logit(sh), logit(0.9), logit(0.2), logit(0.7)])
-    out = decode(raw, anchors, stride)
-    assert out.shape == (1, 3 * (64 + 16 + 4), 7)
-    idx = 3 * 64 + (a * 4 + gj) * 4 + gi  # level-major, then anchor, row, column
-    torch.testing.assert_close(out[0, idx], torch.tensor([cx, cy, bw, bh, 0.9, 0.2, 0.7]), atol=1e-4, rtol=1e-5)
-    # an all-zero logit decodes to the cell centre and the anchor size
-    torch.testing.assert_close(out[0, 0, :4], torch.tensor([4.0, 4.0, 10.0, 13.0]))
-
-
-def test_deploy_model_matches_decode() -> None:
-    m = build_model("n", 2)
-    x = torch.rand(1, 3, 64, 64)
-    dm = DeployModel(m)
-    assert not dm.training and not m.training  # exporters restore the wrapper's mode: it must be eval
-    with torch.no_grad():
-        y = dm(x)
-        ref = decode(m(x), m.anchors, m.stride)
-    assert y.shape == (1, 3 * (64 + 16 + 4), 7)
-    torch.testing.assert_close(y, ref)
-
-
-def test_retina_forward_shapes() -> None:
-    m = build_model("retina-r18", 3).eval()
-    with torch.no_grad():
-        raw, feats = m(torch.rand(1, 3, 64, 128), return_features=True)
-    assert [tuple(r.shape) for r in raw] == [(1, 3, 8, 16, 8), (1, 3, 4, 8, 8), (1, 3, 2, 4, 8)]
-    assert m.feature_channels == [256, 256, 256] == [f.shape[1] for f in feats]
-    assert m.head[0] is not m.head[1]  # unshared heads
-    assert not any(p1 is p2 for p1 in m.head[0].parameters() for p2 in m.head[1].parameters())
-
-
-def test_retina_backbone_weights(tmp_path) -> None:
-    torch.manual_seed(0)
-    ref = resnet18()
-    path = tmp_path / "r18.pt"
-    torch.save(ref.state_dict(), path)
-    m = build_model("retina-r18", 2, backbone_weights=str(path))
-    torch.testing.assert_close(m.body.backbone.layer3[0].conv1.weight, ref.layer3[0].conv1.weight)
-    bad = ref.state_dict()
-    bad["layer1.0.conv1.weight"] = torch.zeros(1, 1, 1, 1)
-    torch.save(bad, tmp_path / "bad.pt")
-    with pytest.raises(CheckpointError, match="do not match"):
-        build_model("retina-r18", 2, backbone_weights=str(tmp_path / "bad.pt"))
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="junk.pt"):
-        build_model("retina-r18", 2, backbone_weights=str(tmp_path / "junk.pt"))
-    with pytest.raises(CheckpointError, match="not found"):
-        build_model("retina-r18", 2, backbone_weights=str(tmp_path / "missing.pt"))
-    with pytest.raises(ConfigError):
-        build_model("n", 2, backbone_weights=str(path))
-
-
-def test_best_possible_recall_hand_case() -> None:
-    anchors = np.array([[10.0, 10.0]])
-    wh = np.array([[10.0, 10.0], [39.0, 10.0], [41.0, 10.0], [2.0, 10.0]])  # ratios 1, 3.9, 4.1, 5
-    assert best_possible_recall(wh, anchors, thr=4.0) == pytest.approx(0.5)
-
-
-def test_kmeans_and_check_anchors() -> None:
-    rng = np.random.default_rng(0)
-    # label sizes that the default anchors (10..373 px) cannot cover: very thin, very wide boxes
-    wh = np.concatenate([rng.uniform(200, 300, (200, 1)), rng.uniform(3, 5, (200, 1))], 1)
-    wh = np.concatenate([wh, wh[:, ::-1]])
-    k = kmeans_anchors(wh, n=9, img_size=640, gen=50)
-    assert k.shape == (9, 2) and np.all(np.diff(k.prod(1)) >= 0)
-    m = build_model("n", 1)
-    before = best_possible_recall(wh, m.anchors)
-    assert before < 0.98
-    assert check_anchors(m, wh, 640) is True
-    after = best_possible_recall(wh, m.anchors)
-    assert after > before and after > 0.98
-    areas = m.anchors.view(-1, 2).prod(1)
-    assert torch.all(areas[1:] >= areas[:-1])
-    # labels that match the anchors exactly: nothing changes
-    m2 = build_model("n", 1)
-    assert check_anchors(m2, m2.anchors.view(-1, 2).numpy().repeat(5, 0), 640) is False
 
 
 def test_focus_stem_equals_6x6_conv() -> None:
