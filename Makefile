@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 YOLOV5_TEST_PKGS := yolov5==7.0.14 ultralytics==8.4.190
 YOLOV5_TEST_DEPS := pandas requests psutil tqdm seaborn 'setuptools<81'
 
-.PHONY: run test install clean
+.PHONY: run test test-fast install clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest tests
+
+# The unit tests only: everything not marked slow (no training run, no subprocess), in about a minute.
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -m "not slow" tests
 
 clean:
 	rm -rf $(VENV) runs .cache

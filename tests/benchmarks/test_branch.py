@@ -23,6 +23,7 @@ def src_run(tmp_path_factory) -> Path:
     return root / "runs/ssod10_s0"
 
 
+@pytest.mark.slow
 def test_variants_share_the_burn_in_and_are_summarised(src_run, tmp_path, monkeypatch):
     import benchmarks.common as common
     from benchmarks import ssod_ablation, ssod_gain
@@ -57,6 +58,7 @@ def test_variants_share_the_burn_in_and_are_summarised(src_run, tmp_path, monkey
     assert [r["epoch"] for r in sup] == [1]
 
 
+@pytest.mark.slow
 def test_ssod_gain_partial_record_compares_equal_iterations(src_run, tmp_path, monkeypatch):
     """--record --partial: runs still in progress are compared up to the iterations both arms reached, marked PARTIAL
     (here: the control has one SSOD epoch more than the SSOD run, which the comparison must not use)."""

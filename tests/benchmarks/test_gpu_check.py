@@ -10,6 +10,7 @@ from benchmarks import common, gpu_check
 NAMES = ["cuda", "nccl", "amp train", "onnx", "tensorrt", "predict", "train speed"]
 
 
+@pytest.mark.slow
 def test_smoke_on_cpu_prints_one_line_per_check(tmp_path, capsys):
     before = common.RESULTS.read_text()
     rc = gpu_check.main(["--smoke", "--device", "cpu", "--out", str(tmp_path)])

@@ -199,6 +199,7 @@ def test_scan_unlabeled(tmp_path, monkeypatch):
         scan_unlabeled([tmp_path / "u" / "c.jpg"], progress=False)
 
 
+@pytest.mark.slow
 def test_check_and_train_report_a_broken_dataset_and_leave_it_untouched(broken, tmp_path):
     """`check` and a `train` attempt report the corrupt image, bad rows and an out-of-range class, and modify
     no file of the dataset (they may add only the label cache)."""

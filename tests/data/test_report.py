@@ -6,6 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -23,6 +24,7 @@ def _img(path: Path, h: int = 48, w: int = 64, seed: int = 0) -> Path:
 
 
 # ------------------------------------------------------------------------------- 5. check command
+@pytest.mark.slow
 def test_check_exit_code_orphans_and_bad_rows(tmp_path, monkeypatch):
     monkeypatch.setenv("EFFTEACHER_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("COLUMNS", raising=False)  # piped output at rich's default 80 columns: no wrapping

@@ -62,6 +62,7 @@ def test_generated_once_and_killed_generation_redone(tmp_path, monkeypatch):
     assert (tmp_path / "mine" / "keep.txt").read_text() == "user data"
 
 
+@pytest.mark.slow
 def test_default_sample_via_load_spec_yaml_and_cli(tmp_path, monkeypatch):
     monkeypatch.setenv("EFFTEACHER_CACHE", str(tmp_path))
     monkeypatch.setenv("COLUMNS", "200")

@@ -150,6 +150,7 @@ def _text(res) -> str:
     return " ".join(res.output.split())
 
 
+@pytest.mark.slow
 def test_training_from_a_labeled_list(tiny_data_copy, tmp_path):
     ds = tiny_data_copy.parent
     train = sorted((ds / "images" / "train").glob("*.jpg"))

@@ -101,6 +101,7 @@ def test_nms_head_matches_postprocess() -> None:
         assert (out[b, n:] == 0).all()
 
 
+@pytest.mark.slow
 def test_nms_in_onnx_matches_eager_at_any_shape(ckpts: dict, tmp_path: Path) -> None:
     """Random head biases give the random retina model many distinct scores: in-graph NMS == eager NMS."""
     g = torch.Generator().manual_seed(0)
@@ -130,6 +131,7 @@ def test_nms_in_onnx_matches_eager_at_any_shape(ckpts: dict, tmp_path: Path) -> 
 # ---------------------------------------------------------------- ONNX / TorchScript exports
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["n", "retina-r18"])
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_onnx_export(ckpts: dict, tmp_path: Path, variant: str, dynamic: bool, capsys: pytest.CaptureFixture) -> None:
@@ -158,6 +160,7 @@ def test_onnx_export(ckpts: dict, tmp_path: Path, variant: str, dynamic: bool, c
             ort_run(path, x2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["n", "retina-r18"])
 def test_torchscript_export(ckpts: dict, tmp_path: Path, variant: str) -> None:
     path = run_export(save(ckpts, variant, tmp_path), "torchscript", imgsz=64, batch=2)
@@ -169,6 +172,7 @@ def test_torchscript_export(ckpts: dict, tmp_path: Path, variant: str) -> None:
     torch.testing.assert_close(module(x), eager(ckpts[variant])(x), atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_export_rounds_imgsz_and_exports_deploy_model_only(ckpts: dict, tmp_path: Path) -> None:
     """A checkpoint with trainer extras (a discriminator, a student copy) exports the deploy model alone."""
     ckpt = dict(ckpts["n"])
@@ -183,6 +187,7 @@ def test_export_rounds_imgsz_and_exports_deploy_model_only(ckpts: dict, tmp_path
     assert path.stat().st_size < 1.1 * model_bytes + 200_000  # graph + one copy of the weights only
 
 
+@pytest.mark.slow
 def test_simplify_without_tools_is_a_message_not_a_failure(ckpts: dict, tmp_path: Path) -> None:
     path = run_export(save(ckpts, "n", tmp_path), "onnx", simplify=True)
     onnx.checker.check_model(onnx.load(str(path)))
@@ -254,6 +259,7 @@ def test_cli_errors(ckpts: dict, tmp_path: Path) -> None:
     assert not (tmp_path / "best.engine").exists() and not (tmp_path / "best.onnx").exists()
 
 
+@pytest.mark.slow
 def test_cli_export_writes_onnx(ckpts: dict, tmp_path: Path) -> None:
     weights = save(ckpts, "n", tmp_path)
     result = CliRunner().invoke(app, ["export", "--weights", str(weights), "--imgsz", "64"])
@@ -280,6 +286,7 @@ def test_runtime_and_tensorrt_share_backend_without_an_import_loop():
     assert runtime.Backend is backend.Backend and issubclass(tensorrt.TensorRTBackend, backend.Backend)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["n", "retina-r18"])
 @pytest.mark.parametrize("nms", [False, True])
 def test_fp16_onnx_export_matches_eager(ckpts: dict, tmp_path: Path, variant: str, nms: bool) -> None:

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -23,6 +24,7 @@ def _text(res) -> str:
     return " ".join(res.output.split())
 
 
+@pytest.mark.slow
 def test_teacher_checkpoint_stores_its_thresholds(loop):
     for f in ("last.pt", "best.pt"):
         ck = torch.load(loop["run"] / "weights" / f, weights_only=True)
@@ -39,6 +41,7 @@ def _review(out: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_pseudo_writes_yolo_coco_and_review(loop, tmp_path):
     from pycocotools.coco import COCO
 
@@ -86,6 +89,7 @@ def test_pseudo_writes_yolo_coco_and_review(loop, tmp_path):
     assert sum(int(r["n_reliable"]) for r in _review(tmp_path / "exp2")) < n_txt
 
 
+@pytest.mark.slow
 def test_pseudo_save_to_dataset_round_trips_and_never_overwrites(loop, tmp_path):
     from effteacher.data.dataset import scan_labeled
 
@@ -126,6 +130,7 @@ def test_pseudo_save_to_dataset_round_trips_and_never_overwrites(loop, tmp_path)
     assert not (tmp_path / "new" / "labels").exists()
 
 
+@pytest.mark.slow
 def test_pseudo_sources_and_errors(loop, tmp_path):
     res = _cli(["pseudo", str(loop["yaml_u"]), "--weights", str(loop["hot"]), "--workers", "0",
                 "--project", str(tmp_path)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from effteacher.cli import app
@@ -19,6 +20,7 @@ def _text(res) -> str:
     return " ".join(res.output.split())
 
 
+@pytest.mark.slow
 def test_rank_writes_k_unique_unlabeled_paths(loop, tmp_path):
     res = _cli(["rank", "--weights", str(loop["hot"]), "--data", str(loop["yaml_u"]), "--budget", "5",
                 "--workers", "0", "--project", str(tmp_path)])

@@ -142,6 +142,7 @@ def test_giou_and_focal_options_run() -> None:
     assert torch.isfinite(total) and parts["box"].item() > 0
 
 
+@pytest.mark.slow
 def test_overfit_two_tiny_images() -> None:
     torch.manual_seed(0)
     model = build_model("n", 2)

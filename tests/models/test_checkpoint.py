@@ -26,6 +26,7 @@ def model() -> torch.nn.Module:
     return build_model("n", nc=2).eval()
 
 
+@pytest.mark.slow
 def test_round_trip(tmp_path: Path, model: torch.nn.Module) -> None:
     ckpt = make_checkpoint(model, ["cat", "dog"], 128, "teacher", 3, {"metrics/mAP50": np.float32(0.5)},
                            TrainConfig(), extra={"note": (1, Path("a/b"))})

@@ -142,6 +142,7 @@ def assert_parity(ref: torch.nn.Module, ours: torch.nn.Module, atol_px: float) -
 # same fp16-rounded weights, so v6.0+ outputs agree to the last bit in practice; 1e-4 px (a few float32 ulps
 # of a 200-px coordinate) leaves room for kernel choice only. The v5.0 Focus stem becomes a 6x6 conv whose
 # 108-term sums are added in another order: differences of ~1e-7 relative, 1e-3 px allowed.
+@pytest.mark.slow
 @pytest.mark.parametrize("yaml_name,nc,names", [
     ("yolov5n.yaml", 3, {0: "cat", 1: "dog", 2: "bird"}),  # v7.0 stores names as a dict
     ("yolov5s.yaml", None, None),  # the 80-class layout of the official yolov5s.pt, default names
@@ -180,6 +181,7 @@ V50_YOLOV5S = {  # models/yolov5s.yaml of release v5.0 (Focus stem, SPP before a
 }
 
 
+@pytest.mark.slow
 def test_release_v5_checkpoint_parity(yv5: Any, tmp_path: Path) -> None:
     model = build(yv5, deepcopy(V50_YOLOV5S), names=["a", "b", "c", "d"])
     with torch.no_grad():  # an AutoAnchor-refit model: anchors differ from the YAML's
@@ -204,6 +206,7 @@ def _restore_default_act(yv5: Any) -> Iterator[None]:
         conv.default_act = act
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("yaml_name,message", [
     ("models/hub/yolov5n6.yaml", "P6 model"),
     ("models/segment/yolov5n-seg.yaml", "segmentation model"),
@@ -223,6 +226,7 @@ def test_unmappable_models_are_refused_clearly(yv5: Any, tmp_path: Path, yaml_na
         load_checkpoint(path)
 
 
+@pytest.mark.slow
 def test_depth_width_outside_the_variant_table(yv5: Any, tmp_path: Path) -> None:
     cfg = yaml.safe_load(open(Path(yv5.__file__).parents[1] / "models/yolov5n.yaml"))
     cfg["width_multiple"] = 0.375
@@ -238,6 +242,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
                     progress=False)
 
 
+@pytest.mark.slow
 def test_convert_then_val_predict_export(yv5: Any, tmp_path: Path, tiny_data: Path) -> None:
     model = build(yv5, "models/yolov5n.yaml", nc=10, names=[str(i) for i in range(10)])
     path = save_like_train_py(model, tmp_path / "yolov5n.pt")
@@ -265,6 +270,7 @@ def test_convert_then_val_predict_export(yv5: Any, tmp_path: Path, tiny_data: Pa
     assert (tmp_path / "yolov5n.torchscript").is_file()
 
 
+@pytest.mark.slow
 def test_train_from_yolov5_weights_across_class_sets(yv5: Any, tmp_path: Path, tiny_data: Path) -> None:
     # a 3-class YOLOv5n into the 10 digit classes: two names match ("7", "3"), "cat" has no counterpart
     model = build(yv5, "models/yolov5n.yaml", nc=3, names={0: "7", 1: "cat", 2: "3"})

@@ -128,6 +128,7 @@ def _export(weights: Path, tmp_path: Path, fmt: str, **kw) -> Path:
     return export_torchscript(model, tmp_path / "m.torchscript", (64, 64), metadata=meta)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt,kw", [("onnx", {}), ("onnx", {"dynamic": True}), ("torchscript", {})])
 def test_exported_backends_match_pytorch(weights: Path, tmp_path: Path, fmt: str, kw: dict) -> None:
     path = _export(weights, tmp_path, fmt, **kw)
@@ -139,6 +140,7 @@ def test_exported_backends_match_pytorch(weights: Path, tmp_path: Path, fmt: str
     torch.testing.assert_close(be(x), ref(x), atol=2e-3, rtol=1e-3)  # batch 3 through a batch-1 model too
 
 
+@pytest.mark.slow
 def test_onnx_nms_backend_predicts_like_pt(weights: Path, images: Path, tmp_path: Path) -> None:
     path = _export(weights, tmp_path, "onnx", nms=True, max_det=10, iou=0.45)
     be = load_backend(path)
@@ -158,6 +160,7 @@ def _img(path: Path, h: int = 48, w: int = 64, seed: int = 0) -> Path:
 
 
 # ------------------------------------------------------------------------------------ 6. messages
+@pytest.mark.slow
 def test_predict_names_a_truncated_jpeg_and_goes_on(tmp_path):
     from effteacher.models.build import build_model
     from effteacher.models.checkpoint import make_checkpoint, save_checkpoint

@@ -1,5 +1,6 @@
 """Gradient reversal and the domain discriminator loss."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -39,6 +40,7 @@ def test_domain_loss_value_and_feature_gradient_sign():
         assert torch.allclose(g, r, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_domain_loss_different_spatial_sizes_and_discriminator_learns():
     torch.manual_seed(0)
     disc = DomainDiscriminator([4])

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
+import pytest
 from effteacher.config import TrainConfig, replace, to_dict
 from effteacher.utils import dist as D
 from effteacher.train import setup as S
@@ -88,6 +89,7 @@ def _rank_worker(rank: int, world: int, port: int, data: str, project: str, last
     Path(out_dir, f"r{rank}.json").write_text(json.dumps(out))
 
 
+@pytest.mark.slow
 def test_rank0_decides_for_every_rank(tiny_data, tmp_path):
     """Run folder, resumed last.pt (also without a shared disk), errors, split and Epoch Adaptor update
     agree on 2 ranks, and the split and thresholds equal a single process's."""
@@ -169,6 +171,7 @@ def _two_nodes(args: list[str], logs: Path, tag: str, timeout: float = 420) -> l
     return outs
 
 
+@pytest.mark.slow
 def test_two_torchrun_nodes_train_once_and_resume(tiny_data, tmp_path):
     project = tmp_path / "runs"
     logs = tmp_path / "logs"

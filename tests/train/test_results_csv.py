@@ -33,6 +33,7 @@ def test_results_row_leaves_unmeasured_cells_empty():
     assert epoch_summary(burn) == []
 
 
+@pytest.mark.slow
 def test_run_leaves_unvalidated_epochs_empty_and_tables_for_the_end(finished):
     from effteacher.utils.plots import results_series
 

@@ -44,6 +44,7 @@ def _assert_extended(run: Path, out: str, before: int, asked: int) -> None:
     assert last["train_state"]["finished"]
 
 
+@pytest.mark.slow
 def test_extend_supervised_fixed_run(tiny_data, tmp_path):
     run = tmp_path / "sup"
     _train(["--data", str(tiny_data), "--supervised", "--labeled", "50%", "--epochs", "2", *TINY,
@@ -55,6 +56,7 @@ def test_extend_supervised_fixed_run(tiny_data, tmp_path):
     _assert_extended(run, out, 3, 4)
 
 
+@pytest.mark.slow
 def test_extend_fixed_ssod_run(tiny_data, tmp_path):
     run = tmp_path / "ssod"
     _train(["--data", str(tiny_data), "--labeled", "50%", "--epochs", "3", "--burn-in", "1", "--thresholds", "fixed",
@@ -66,6 +68,7 @@ def test_extend_fixed_ssod_run(tiny_data, tmp_path):
     assert last["which"] == "teacher" and last["train_state"]["burn_epochs"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", [["--burn-in", "auto"], ["--supervised"]], ids=["ssod", "supervised"])
 def test_extend_auto_schedule_run(tiny_data, tmp_path, mode):
     cfg = tmp_path / "sched.yaml"
@@ -109,6 +112,7 @@ def _snapshot(run: Path) -> dict[str, tuple[bytes, int]]:
 
 
 # ------------------------------------------------------------------------------ 4. resume edges
+@pytest.mark.slow
 def test_resume_a_finished_run_says_so_and_changes_nothing(finished):
     run, _ = finished
     assert torch.load(run / "weights/last.pt", weights_only=True)["train_state"]["finished"] is True
@@ -121,6 +125,7 @@ def test_resume_a_finished_run_says_so_and_changes_nothing(finished):
     assert _snapshot(run) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("epochs", ["1", "2"])
 def test_resume_with_epochs_at_or_below_done_is_an_error(finished, epochs):
     run, _ = finished

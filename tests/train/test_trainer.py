@@ -30,6 +30,7 @@ def _rows(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_supervised_run_writes_every_output(tiny_data, tmp_path):
     res = _train(["--data", str(tiny_data), "--supervised", "--labeled", "50%", "--epochs", "2", *TINY,
                   "--project", str(tmp_path), "--name", "sup"])
@@ -50,6 +51,7 @@ def test_supervised_run_writes_every_output(tiny_data, tmp_path):
     assert len((run / "split/labeled.txt").read_text().split()) == 12
 
 
+@pytest.mark.slow
 def test_ssod_run_pseudo_outputs_and_extend(tiny_data, tmp_path):
     res = _train(["--data", str(tiny_data), "--labeled", "25%", "--epochs", "2", "--burn-in", "1", *TINY,
                   "--project", str(tmp_path), "--name", "ssod", "--thresholds", "fixed"])
@@ -76,6 +78,7 @@ def test_ssod_run_pseudo_outputs_and_extend(tiny_data, tmp_path):
     assert (run / "split/labeled.txt").read_text() == split_before
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_completes(tiny_data, tmp_path):
     cmd = [sys.executable, "-m", "effteacher", "train", "--data", str(tiny_data), "--supervised", "--labeled", "50%",
            "--epochs", "4", *TINY, "--project", str(tmp_path), "--name", "kill"]
@@ -101,6 +104,7 @@ def test_sigkill_then_resume_completes(tiny_data, tmp_path):
     assert not (run / ".lock").exists()
 
 
+@pytest.mark.slow
 def test_ddp_gloo_two_processes(tiny_data, tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "effteacher", "train", "--data", str(tiny_data), "--supervised", "--labeled", "50%",
@@ -132,6 +136,7 @@ def test_bad_arguments_give_one_clear_error(tiny_data, tmp_path, args, message):
     assert "Traceback" not in res.output
 
 
+@pytest.mark.slow
 def test_hidden_labels_never_reach_training(tiny_data, tmp_path, monkeypatch):
     """Poisoning the hidden labels of U changes nothing in training: weights are bit-identical."""
     import numpy as np
@@ -160,6 +165,7 @@ def test_hidden_labels_never_reach_training(tiny_data, tmp_path, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [{"thresholds": "adaptor", "soft_cls": True, "domain_adapt": True, "dense_topk": 0.05},
                                    {"thresholds": "gmm", "flip_teacher": True, "domain_adapt": False, "density_norm": False,
                                         "score": "obj", "cls_thres": 0.5, "cls_thres_mode": "adaptive",
@@ -182,6 +188,7 @@ def test_ssod_threshold_strategies_run(tiny_data, tmp_path, extra):
     assert last["args"]["ssod"]["soft_cls"] == extra.get("soft_cls", False)
 
 
+@pytest.mark.slow
 def test_auto_burn_in_hands_over_on_plateau_and_resume_keeps_it(tiny_data, tmp_path):
     """Default ``--burn-in auto`` with tiny step windows: it logs why it handed over, saves burn_in.pt, runs the whole
     SSOD phase, and a run resumed from that state keeps the decision (same burn-in length, same planned end)."""
@@ -222,6 +229,7 @@ def _invoke(args: list[str], **kw):
     return CliRunner().invoke(app, args, **kw)
 
 
+@pytest.mark.slow
 def test_verbose_prints_the_per_class_table_at_every_validation(tiny_data, tmp_path):
     res = _invoke(["train", "--data", str(tiny_data), "--supervised", "--labeled", "50%", "--epochs", "1", *TINY,
                    "--project", str(tmp_path), "--verbose"])

@@ -108,6 +108,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         D.cleanup()
 
 
+@pytest.mark.slow
 def test_gloo_two_processes(tmp_path):
     port = D.free_port()
     mp.spawn(_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
@@ -122,6 +123,7 @@ def test_gloo_two_processes(tmp_path):
     assert r0["main"] and not r1["main"]
 
 
+@pytest.mark.slow
 def test_relaunch_ddp_runs_children_once(tmp_path):
     probe = tmp_path / "ddpprobe.py"
     probe.write_text(textwrap.dedent(

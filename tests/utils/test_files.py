@@ -65,6 +65,7 @@ def test_run_folder_removes_only_an_empty_folder_it_created(tmp_path):
         assert out == tmp_path / "exp2"
 
 
+@pytest.mark.slow
 def test_second_train_into_a_busy_folder_is_refused_and_the_first_finishes(tiny_data, tmp_path):
     args = ["--data", str(tiny_data), "--supervised", "--labeled", "50%", *TINY, "--project", str(tmp_path),
             "--name", "exp", "--exist-ok"]
@@ -101,6 +102,7 @@ def _fail(monkeypatch, target: str) -> None:
     monkeypatch.setattr(target, boom)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["val", "predict", "pseudo", "rank", "split"])
 def test_failed_command_leaves_no_run_folder(command, ssod_run, tiny_data, tmp_path, monkeypatch):
     weights = str(ssod_run / "weights" / "best.pt")

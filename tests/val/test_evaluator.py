@@ -143,6 +143,7 @@ def test_class_count_mismatch(tmp_path: Path) -> None:
         Evaluator(records, NAMES, imgsz=64, batch=2).run(backend)
 
 
+@pytest.mark.slow
 def test_run_val_pt_and_onnx_agree(tmp_path: Path, capsys) -> None:
     """`effteacher val` path: dataset YAML -> scan -> any weights format -> runs/val/exp{N}."""
     from effteacher.export.api import export_metadata
@@ -201,6 +202,7 @@ def blind_run(tiny_data, tmp_path_factory) -> Path:
     return root / "blind"
 
 
+@pytest.mark.slow
 def test_training_whose_validations_find_nothing_records_zero(blind_run):
     with open(blind_run / "results.csv") as f:
         rows = list(csv.DictReader(f))
@@ -212,6 +214,7 @@ def test_training_whose_validations_find_nothing_records_zero(blind_run):
     assert (blind_run / "predictions.json").read_text() == "[]"
 
 
+@pytest.mark.slow
 def test_val_with_a_confidence_nothing_reaches_prints_zeros(blind_run, tiny_data, tmp_path):
     res = _cli(["val", "--weights", str(blind_run / "weights" / "best.pt"), "--data", str(tiny_data),
                 "--conf", "0.999", "--workers", "0", "--project", str(tmp_path), "--name", "v"])
@@ -247,6 +250,7 @@ def _make_images(tmp_path) -> list[ImageRecord]:
     return records
 
 
+@pytest.mark.slow
 def test_overfit_tiny_images_reaches_map50(tmp_path):
     """The whole chain is wired right: loader -> n model -> loss -> optimizer -> evaluator (pycocotools). An n model
     overfits 3 tiny images in a few dozen steps and the Evaluator on those same images then reaches mAP50 > 0.5
