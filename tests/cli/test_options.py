@@ -1,5 +1,6 @@
-"""Bad option values and bad --cfg files (issue 36): every numeric option of every command and every TrainConfig key
-gets one ERROR line, exit code 1, no traceback and no folder, before anything runs.
+"""Option checks (effteacher.options) through the CLI. Bad option values and bad --cfg files (issue 36): every
+numeric option of every command and every TrainConfig key gets one ERROR line, exit code 1, no traceback and no
+folder, before anything runs.
 
 The option and key lists are generated from the typer app and the config dataclasses, so a new option or key is
 covered without editing this file.
@@ -7,6 +8,9 @@ covered without editing this file.
 Non-numeric values (``--batch abc``): the CLI turns the parser's usage error into the same one ERROR line and exit
 code 1 as any other bad value (cli._Command), so these cases are asserted exactly like the out-of-range ones; a
 malformed command line (an unknown option) stays a usage error with exit code 2.
+
+Also: the first checks a new user meets (train options and cfg values one line each, burn-in vs epochs, imgsz
+rounded to the stride, the flip-ensemble warning, the other commands' numbers).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Image/label validation messages, scan summary, the label cache and read-only datasets."""
+"""Image/label validation messages, scan summary, the label cache (reuse, rebuild, file mode) and read-only datasets."""
 
 import os
 import stat

@@ -1,4 +1,5 @@
-"""Labeled/unlabeled split: parsing, determinism, stratification, manifest files and the split/check CLI."""
+"""Labeled/unlabeled split: parsing, determinism, stratification, manifest files, the split/check CLI and
+`--labeled` lists (training from a list, a layout where only listed images have labels)."""
 
 import json
 import shutil

@@ -1,5 +1,5 @@
-"""The labeling loop end to end on tiny data: `pseudo` (YOLO txt, COCO JSON, review.csv, --save-to-dataset),
-`rank` (to_label.txt, rank.csv) and training from a `--labeled` list."""
+"""`pseudo` on a teacher that detects: YOLO txt, COCO JSON, review.csv, --save-to-dataset, sources and errors;
+the teacher checkpoint stores its thresholds."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Active-learning scores (ssod.active) and the reliable/uncertain split of pseudo labels, on hand-made arrays."""
+"""Active-learning scores (labeling.scores) and the reliable/uncertain split of pseudo labels, on hand-made arrays."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Model building: variant table, YOLOv5 parameter counts, raw output format, bias prior, meta rebuild, Focus stem."""
+"""Model building: variant table, YOLOv5 parameter counts, output format, bias prior, meta rebuild, Focus stem."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Prediction and runtimes: labels round trip, sources, and .pt / .onnx / .torchscript backends."""
+"""Prediction and runtimes: labels round trip, sources, .pt / .onnx / .torchscript backends, a truncated JPEG."""
 
 from __future__ import annotations
 

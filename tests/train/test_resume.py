@@ -1,4 +1,5 @@
-"""`train --resume RUN --epochs N` extends a finished run by exactly the asked epochs, for every schedule."""
+"""Resume: `train --resume RUN --epochs N` extends a finished run by exactly the asked epochs for every schedule;
+a finished run is left unchanged; the optimizer is kept."""
 
 from __future__ import annotations
 

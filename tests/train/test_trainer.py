@@ -1,4 +1,4 @@
-"""End-to-end training through the CLI on a tiny generated dataset: outputs, SSOD, resume, DDP, errors."""
+"""End-to-end training through the CLI on a tiny generated dataset: outputs, SSOD, resume, DDP, errors, --verbose."""
 
 from __future__ import annotations
 

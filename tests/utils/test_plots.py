@@ -1,4 +1,4 @@
-"""results.csv writing and resume truncation, progress output, tables, and every plot function."""
+"""Every plot function on hand-made inputs: results, labels, image batches, pseudo boxes, PR curve, confusion."""
 
 
 import cv2

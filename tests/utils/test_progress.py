@@ -1,4 +1,4 @@
-"""The training progress row and its layout by terminal width."""
+"""Progress output: the training row and its layout by width, tty and plain lines, the val and threshold tables."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Metrics: matching, AP against pycocotools, confusion matrix, coco_evaluate edge cases."""
+"""Metrics: matching, AP against pycocotools, confusion matrix, coco_evaluate edge cases, empty validations score 0."""
 
 from __future__ import annotations
 
