@@ -3,13 +3,13 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Test-only: the `yolov5` package builds real YOLOv5 models for tests/test_yolov5_import.py. It is installed
+# Test-only: the `yolov5` package builds real YOLOv5 models for tests/models/test_yolov5_import.py. It is installed
 # without its long dependency list (ultralytics' own deps, boto3, roboflow, tensorboard, sahi ...); the
 # second list is what its models/yolo.py imports (setuptools<81 still ships pkg_resources).
 YOLOV5_TEST_PKGS := yolov5==7.0.14 ultralytics==8.4.190
 YOLOV5_TEST_DEPS := pandas requests psutil tqdm seaborn 'setuptools<81'
 
-.PHONY: run test install clean
+.PHONY: run test test-fast install clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest tests
+
+# The unit tests only: everything not marked slow (no training run, no subprocess), in about a minute.
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -m "not slow" tests
 
 clean:
 	rm -rf $(VENV) runs .cache

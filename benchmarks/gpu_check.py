@@ -83,7 +83,7 @@ def check_nccl(dev: torch.device) -> Check:
     from effteacher.utils.dist import free_port
 
     if dev.type != "cuda":
-        return "skipped: needs CUDA (gloo DDP is covered by tests/test_multinode.py)", "skipped (no CUDA)"
+        return "skipped: needs CUDA (gloo DDP is covered by tests/train/test_multinode.py)", "skipped (no CUDA)"
     if not dist.is_nccl_available():
         raise RuntimeError("this torch build has no NCCL")
     torch.cuda.set_device(dev)
