@@ -10,6 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from effteacher.cli import app
+from effteacher.errors import EffTeacherError
 from effteacher.train.results_csv import RESULTS_COLUMNS
 from effteacher.train.tb_logger import TensorBoardLogger
 
@@ -115,3 +116,17 @@ def test_killed_run_resumes_without_repeated_steps(tmp_path):
     assert [(e.step, e.value) for e in ea.Scalars("train/box_loss")] == [(2, 1.0), (4, 1.0), (6, 0.5)]
     assert [e.value for e in ea.Scalars("thresholds/tau2/b")] == [pytest.approx(0.7)]
     assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2
+
+
+@pytest.mark.slow
+def test_failed_first_epoch_closes_the_writer_and_removes_the_folder(tiny_data, tmp_path, monkeypatch):
+    """A run failing after its writer opened still ends with its one error message and no run folder."""
+    def fail(*args, **kwargs):
+        raise EffTeacherError("boom in the first epoch")
+
+    monkeypatch.setattr("effteacher.train.trainer.run_epoch", fail)
+    res = CliRunner().invoke(app, ["train", "--data", str(tiny_data), "--supervised", "--labeled", "50%",
+                                   "--epochs", "1", *TINY, "--project", str(tmp_path), "--name", "bad"])
+    assert res.exit_code == 1 and "boom in the first epoch" in res.output
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "bad").exists()
