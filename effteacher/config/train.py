@@ -45,6 +45,8 @@ class TrainConfig:
     workers: int = setting(2, "Dataloader workers.", WORKERS,
                            flag="--workers")
     amp: bool = setting(True, "Mixed precision on CUDA (always off on CPU).", flag="--amp/--no-amp")
+    tensorboard: bool = setting(True, "TensorBoard event files in the run folder (view with `tensorboard --logdir "
+                                      "runs/train`).", flag="--tensorboard/--no-tensorboard")
     patience: int = setting(100, "Early-stop patience in epochs.",
                             count(1, "epochs without improvement before stopping; a large value turns it off"),
                             flag="--patience")

@@ -10,6 +10,7 @@ from effteacher.train.checkpointer import Checkpointer
 from effteacher.train.parts import TrainParts
 from effteacher.train.results_csv import CSVLogger, epoch_summary, results_row
 from effteacher.train.schedule import burn_in_done, patience_out, val_every_auto
+from effteacher.train.tb_logger import TensorBoardLogger
 from effteacher.train.train_data import TrainData
 from effteacher.utils.console import info, warn
 from effteacher.utils.progress import print_threshold_table
@@ -35,8 +36,9 @@ class EpochEnd:
     """Rank 0's end of an epoch; ``__call__`` runs the steps in order and returns True to stop the run."""
 
     def __init__(self, cfg: TrainConfig, parts: TrainParts, data: TrainData, csv: CSVLogger,
-                 checkpointer: Checkpointer) -> None:
+                 checkpointer: Checkpointer, tb: TensorBoardLogger | None = None) -> None:
         self.cfg, self.parts, self.data, self.csv, self.checkpointer = cfg, parts, data, csv, checkpointer
+        self.tb = tb
 
     def __call__(self, epoch: int, means: dict[str, float], seconds: float, ssod_epoch: bool) -> bool:
         o = EpochOutcome(epoch, means, seconds, ssod_epoch)
@@ -87,6 +89,22 @@ class EpochEnd:
         self.csv.log(row)
         for line in epoch_summary(row):
             info(line)
+        if self.tb is not None:
+            self.tensorboard(o, row)
+
+    def tensorboard(self, o: EpochOutcome, row: dict[str, Any]) -> None:
+        """The row, the thresholds after an SSOD epoch, the epoch's pictures and, at the end of burn-in, the
+        hand-over (logged here, before last.pt is saved, so a resumed run never logs it twice)."""
+        assert self.tb is not None
+        ssod, plan = self.parts.ssod, self.parts.plan
+        if ssod is not None and plan.burn == o.epoch + 1:
+            why = plan.reason or "fixed --burn-in"
+            text = (f"burn-in done after {plan.burn} epochs ({self.parts.progress.iteration} iterations, "
+                    f"{row['train/steps']} optimizer steps): {why}; student <- EMA weights, teacher = EMA; "
+                    f"{(plan.end or plan.burn) - plan.burn} SSOD epochs follow")
+            self.tb.hand_over(int(row["train/steps"]), plan.burn, text)
+        th = ssod.thresholds if o.ssod_epoch and ssod is not None else None
+        self.tb.epoch(row, (th.tau1, th.tau2) if th is not None else None, self.data.names)  # flushes
 
     def early_stop(self, o: EpochOutcome, auto: bool) -> None:
         """--patience epochs without a better validation (the SSOD phase's clock starts at the hand-over)."""

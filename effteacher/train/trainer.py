@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from effteacher.train.run_folder import (
     preflight,
     resolve_run,
 )
+from effteacher.train.tb_logger import TensorBoardLogger
 from effteacher.train.train_data import TrainData, load_train_data
 from effteacher.utils import dist
 from effteacher.utils.console import info
@@ -69,7 +71,8 @@ def train(cfg: TrainConfig, nproc: int = 1) -> Path:
         return run_dir
     trainer = Trainer(cfg, dist.DistContext.from_env(cfg.device))
     try:
-        with discard_if_failed(lambda: trainer.created_dir):  # a failed start leaves no empty run folder
+        # a failed start leaves no empty run folder; the TensorBoard writer is closed first (end of run or failure)
+        with discard_if_failed(lambda: trainer.created_dir), closing(trainer):
             return trainer.fit()
     finally:
         if trainer.run_lock is not None:
@@ -84,6 +87,7 @@ class Trainer:
         self.ctx = ctx
         self.created_dir: Path | None = None  # the run folder, when this run created it
         self.run_lock: Any = None  # rank 0's lock on the run folder, held until the run ends
+        self.tb: TensorBoardLogger | None = None  # rank 0's TensorBoard writer, closed when the run ends
 
     def setup(self) -> None:
         """Device, run folder, data, parts; on resume, the state of last.pt."""
@@ -118,7 +122,9 @@ class Trainer:
             csv.truncate(parts.progress.start_epoch)  # drops rows past last.pt (and an old run's rows with --exist-ok)
             if parts.progress.start_epoch == 0:
                 plot_data_labels(self.data, self.run_dir / "labels.jpg")
-        end_epoch = EpochEnd(cfg, parts, self.data, csv, self.checkpointer) if csv is not None else None
+        if csv is not None and cfg.tensorboard:
+            self.tb = TensorBoardLogger(self.run_dir, parts.scheduler.last_epoch)  # appends after a resume
+        end_epoch = EpochEnd(cfg, parts, self.data, csv, self.checkpointer, self.tb) if csv is not None else None
         epoch = parts.progress.start_epoch
         while epoch < plan.last_epoch():
             t0 = time.time()
@@ -166,6 +172,12 @@ class Trainer:
         if best.exists() and self.parts.evaluator is not None:
             model = model_from_checkpoint(load_checkpoint(best), self.parts.device)
             self.parts.evaluator.run(model, save_dir=self.run_dir, plots=True)
+
+    def close(self) -> None:
+        """Close the TensorBoard writer (before a failed start's run folder is removed)."""
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
 
     def _cleanup(self) -> None:
         if self.ctx.world_size > 1:
