@@ -157,7 +157,7 @@ def pictures(run_dir: Path) -> list[str]:
 def report(run_dir: Path, rows: Sequence[Row], labeled: int, unlabeled: int, ssod: bool,
            stage: str) -> dict[str, Any]:
     """Print the summary block and its warnings, write ``summary.json`` in ``run_dir``; returns the summary."""
-    s = build_summary(rows, labeled, unlabeled, ssod, stage, pictures(run_dir))
+    s = build_summary(rows, labeled, unlabeled, ssod, stage, pictures(run_dir) if stage == "end" else ())
     title = "Burn-in summary (hand-over to SSOD)" if stage == "hand-over" else "Run summary"
     info(f"[bold]{title}[/bold] ({escape(str(run_dir / 'summary.json'))})")
     for line in summary_lines(s):

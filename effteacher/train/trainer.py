@@ -176,6 +176,8 @@ class Trainer:
         """The summary block and summary.json (rank 0): at the hand-over and at the end."""
         if rows is None:
             rows = CSVLogger(self.run_dir / "results.csv", CSV_COLUMNS).rows()
+        if stage == "hand-over" and not rows:
+            return  # --burn-in 0: no burn-in to sum up
         report(self.run_dir, rows, len(self.data.labeled), len(self.data.unlabeled), self.parts.ssod is not None,
                stage)
 

@@ -112,7 +112,8 @@ def _mAP_panel(ax: Any, series: dict[str, tuple[np.ndarray, np.ndarray]], xlabel
         ax2.set_ylim(0, 1.05)
         ax2.set_ylabel("pseudo-label precision / recall", fontsize=9)
     if handles:
-        ax.legend(handles=handles, loc="best", fontsize=8)
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=len(handles), fontsize=8,
+                  frameon=False)  # under the panel: never over the curves
     ax.set_title(title, fontsize=10)
 
 
