@@ -35,6 +35,7 @@ from effteacher.train.run_folder import (
     preflight,
     resolve_run,
 )
+from effteacher.train.summary import handover_step, report
 from effteacher.train.tb_logger import TensorBoardLogger
 from effteacher.train.train_data import TrainData, load_train_data
 from effteacher.utils import dist
@@ -151,6 +152,8 @@ class Trainer:
         if self.ssod_phase is None:
             if epoch == self.parts.plan.burn:
                 self.ssod_phase = hand_over_to_ssod(self.parts, self.run_info)
+                if self.ctx.is_main:
+                    self._summary("hand-over")
             else:  # resumed after the hand-over: the EMA in last.pt already is the teacher
                 self.ssod_phase = SSODPhase(self.parts, self.parts.ssod, self.run_info)
         return self.ssod_phase
@@ -166,12 +169,23 @@ class Trainer:
         return bool(stop)
 
     def _finish(self) -> None:
-        """Final validation of best.pt with plots, and results.png."""
-        plot_results(self.run_dir / "results.csv")
+        """results.png, the final validation of best.pt with plots, and the run summary."""
+        rows = CSVLogger(self.run_dir / "results.csv", CSV_COLUMNS).rows()
+        plot_results(self.run_dir / "results.csv", handover_step(rows))
         best = self.wdir / "best.pt"
         if best.exists() and self.parts.evaluator is not None:
             model = model_from_checkpoint(load_checkpoint(best), self.parts.device)
             self.parts.evaluator.run(model, save_dir=self.run_dir, plots=True)
+        self._summary("end", rows)
+
+    def _summary(self, stage: str, rows: list[dict[str, Any]] | None = None) -> None:
+        """The summary block and summary.json (rank 0): at the hand-over and at the end."""
+        if rows is None:
+            rows = CSVLogger(self.run_dir / "results.csv", CSV_COLUMNS).rows()
+        if stage == "hand-over" and not rows:
+            return  # --burn-in 0: no burn-in to sum up
+        report(self.run_dir, rows, len(self.data.labeled), len(self.data.unlabeled), self.parts.ssod is not None,
+               stage)
 
     def close(self) -> None:
         """Close the TensorBoard writer (before a failed start's run folder is removed)."""

@@ -1,9 +1,9 @@
-"""Training and evaluation pictures: results.png, labels.jpg, batch mosaics, PR curve, confusion matrix."""
+"""Training and evaluation pictures: labels.jpg, batch mosaics, PR curve, confusion matrix (results.png:
+``effteacher.utils.results_plot``, re-exported here)."""
 
 from __future__ import annotations
 
 import colorsys
-import csv
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -12,6 +12,11 @@ import cv2
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from effteacher.utils.results_plot import plot_results, results_series
+
+__all__ = ["color", "plot_confusion_matrix", "plot_images", "plot_labels", "plot_pr_curve", "plot_pseudo_batch",
+           "plot_results", "results_series"]
 
 MAX_MOSAIC = 1920  # longest side of a batch mosaic in pixels
 _FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX
@@ -138,63 +143,6 @@ def _draw_xyxy(img: np.ndarray, xyxy: np.ndarray, cls: np.ndarray, labels: list[
 
 
 # ----------------------------------------------------------------------------------- plots
-def results_series(csv_path: str | Path) -> tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """The measured points of a results.csv: (x axis name, {column: (x, y)}), columns in file order.
-
-    The x axis is ``train/steps`` (optimizer steps; else ``train/iterations``, else ``epoch``: the first of
-    them filled in every row), since burn-in epochs (over L) and SSOD epochs (over U) differ in length.
-    Empty cells (not measured, e.g. the metrics of an epoch without validation) are left out, never read
-    as 0; columns with no measured point are dropped. Rows cut by a kill (wrong field count) are skipped.
-    """
-    csv_path = Path(csv_path)
-    header: list[str] = []
-    rows: list[list[str]] = []
-    if csv_path.exists():
-        with open(csv_path, newline="") as f:
-            lines = list(csv.reader(f))
-        if lines:
-            header, rows = lines[0], [r for r in lines[1:] if len(r) == len(lines[0])]
-
-    def num(s: str) -> float:
-        try:
-            return float(s)
-        except ValueError:
-            return float("nan")
-
-    data = np.array([[num(v) for v in r] for r in rows], dtype=np.float64).reshape(len(rows), len(header))
-    x, xlabel = np.arange(1, len(rows) + 1, dtype=np.float64), "epoch"
-    for name in ("train/steps", "train/iterations", "epoch"):
-        if name in header and not np.isnan(data[:, header.index(name)]).any():
-            x, xlabel = data[:, header.index(name)], name.split("/")[-1]
-            break
-    skip = {"epoch", "train/steps", "train/iterations"}
-    series = {}
-    for i, h in enumerate(header):
-        ok = ~np.isnan(data[:, i])
-        if h not in skip and ok.any():
-            series[h] = (x[ok], data[ok, i])
-    return xlabel, series
-
-
-def plot_results(csv_path: str | Path) -> Path:
-    """``results.png`` next to ``csv_path``: every measured column against optimizer steps (``results_series``)."""
-    xlabel, series = results_series(csv_path)
-    ncols = 5
-    nrows = max(math.ceil(len(series) / ncols), 1)
-    fig = _figure((3.0 * ncols, 2.6 * nrows))
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax, (name, (x, y)) in zip(axes, series.items()):
-        ax.plot(x, y, marker=".", linewidth=1.5, markersize=5)
-        ax.set_title(name, fontsize=10)
-        ax.set_xlabel(xlabel, fontsize=8)
-        ax.grid(alpha=0.3)
-    for ax in axes[len(series):]:
-        ax.axis("off")
-    if not series:
-        axes[0].text(0.5, 0.5, "no results yet", ha="center", va="center")
-    return _save_fig(fig, Path(csv_path).with_name("results.png"))
-
-
 def plot_labels(cls: Any, boxes_xywhn: Any, names: Sequence[str], path: str | Path) -> Path:
     """``labels.jpg``: instances per class, box centres (x, y) and box sizes (w, h), all normalised.
 
