@@ -86,20 +86,19 @@ def _open_sources(source: str, vid_stride: int) -> list[Source]:
 
 def _run_images(det: Detector, files: list[Path], out: _Outputs, index: int, total: int) -> None:
     """Consecutive image files, ``batch`` per model call; an unreadable one is skipped with a warning."""
-    for chunk in chunks(files, out.o.batch):
-        read: list[tuple[Path, np.ndarray]] = []
-        for f in chunk:
+    for chunk in chunks(list(enumerate(files, index + 1)), out.o.batch):
+        read: list[tuple[int, Path, np.ndarray]] = []
+        for number, f in chunk:
             try:
-                read.append((f, read_image(f)[0]))
+                read.append((number, f, read_image(f)[0]))
             except DatasetError as e:
                 warn(str(e))
-        for k, ((f, img), d) in enumerate(zip(read, det.predict_batch([img for _, img in read]))):
+        for (number, f, img), d in zip(read, det.predict_batch([img for _, _, img in read])):
             d.path = str(f)
             name = unique_name(f.name, out.used)
-            info(escape(f"image {index + k + 1}/{total} {f}: {d.shape[0]}x{d.shape[1]} {_summary(d)}, "
+            info(escape(f"image {number}/{total} {f}: {d.shape[0]}x{d.shape[1]} {_summary(d)}, "
                         f"{d.speed['inference']:.1f}ms"))
             out.write(img, d, Path(name).stem, name)
-        index += len(chunk)
 
 
 def _progress(reader: VideoReader) -> Progress | None:
