@@ -203,11 +203,15 @@ _WEIGHTS_PT = "An effteacher .pt checkpoint (weights/best.pt)."
 
 
 def _options(cls: type[T], flags: dict[str, Any]) -> T:
-    """The command's options object from its parsed flags; ``labeled`` checked and ``imgsz`` rounded up to a
-    multiple of the largest stride (the ranges were checked in _call)."""
+    """The command's options object from its parsed flags: text read by the setting's ``parse`` (``--classes
+    0,2``), ``labeled`` checked and ``imgsz`` rounded up to a multiple of the largest stride (the ranges were checked
+    in _call)."""
     from effteacher.options import check_options
 
     values = {leaf.key: flags[leaf.key] for leaf in leaves(cls) if leaf.meta.flag}
+    for leaf in leaves(cls):
+        if leaf.meta.parse and isinstance(values.get(leaf.key), str):
+            values[leaf.key] = leaf.meta.parse(values[leaf.key])
     values.update(check_options(**{k: v for k, v in values.items() if k in ("imgsz", "labeled")}))
     return cls(**values)
 
@@ -224,10 +228,10 @@ def val(ctx: typer.Context, weights: str, **flags: Any) -> None:
 
 
 def predict(ctx: typer.Context, source: str, weights: str, **flags: Any) -> None:
-    """Run a detector on images."""
+    """Run a detector on images, videos, webcams and streams."""
 
     def run() -> Any:
-        from effteacher.predict.predictor import run_predict
+        from effteacher.predict.command import run_predict
 
         return run_predict(source, weights, options=_options(PredictOptions, flags))
 
@@ -286,7 +290,7 @@ def _weights(help: str) -> inspect.Parameter:
     return inspect.Parameter("weights", _KW, annotation=str, default=typer.Option(..., help=help))
 
 
-_IMAGES = "Image file, folder, glob or .txt list."
+_IMAGES = "Image or video file, folder, glob, .txt list, webcam index (0) or rtsp/rtmp/http(s) stream URL."
 for _fn, _cls, _required in [
     (val, ValOptions, [_weights(_WEIGHTS_ANY)]),
     (predict, PredictOptions, [_source(_IMAGES), _weights(_WEIGHTS_ANY)]),

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, TypeVar
 
 from effteacher.config.fields import BATCH, FRACTION, IMGSZ, MAX_PROCS, SEED, WORKERS, Range, count, setting
+from effteacher.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -79,18 +80,40 @@ class ValOptions:
     half: bool = setting(False, "FP16 inference (CUDA).")
 
 
+def parse_classes(text: str) -> tuple[int, ...]:
+    """--classes: class indices separated by commas or spaces ('0,2' or '0 2'); ConfigError for anything else."""
+    parts = text.replace(",", " ").split()
+    if not parts or not all(p.isdigit() for p in parts):
+        raise ConfigError(f"--classes {text!r}: expected class indices (whole numbers >= 0), e.g. --classes 0,2")
+    return tuple(sorted({int(p) for p in parts}))
+
+
 @dataclass(frozen=True)
 class PredictOptions:
-    """Deployment thresholds and what to write."""
+    """Deployment thresholds, what to read and what to write."""
 
     conf: float = _conf(0.25)
     iou: float = _iou(0.45)
     max_det: int = _max_det(300)
+    classes: tuple[int, ...] | None = setting(None, "Keep only these class indices, e.g. --classes 0,2 (default: all).",
+                                              flag="--classes", parse=parse_classes)
     imgsz: int | None = _imgsz()
+    batch: int = setting(1, "Images (or video frames) per inference batch.", BATCH, flag="--batch")
+    vid_stride: int = setting(1, "Read every N-th frame of videos and streams.",
+                              count(1, "frames, e.g. --vid-stride 2 reads every second frame"), flag="--vid-stride")
     device: str = _device()
-    save_txt: bool = setting(False, "Write labels/<stem>.txt (cls cx cy w h conf).", flag="--save-txt")
+    save_txt: bool = setting(False, "Write labels/<stem>.txt (videos: <stem>_<frame>.txt): cls cx cy w h [conf].",
+                             flag="--save-txt")
+    save_conf: bool = setting(True, "Write the conf column in the --save-txt files (--no-save-conf: the 5 columns "
+                                    "of YOLO training labels).", flag="--save-conf/--no-save-conf")
     save_json: bool = setting(False, "Write predictions.json (COCO format).", flag="--save-json")
-    save_images: bool = setting(True, "Write each image with its boxes drawn.", flag="--save-images/--no-save-images")
+    save_crop: bool = setting(False, "Write each box's crop to crops/<class>/<stem>.jpg.", flag="--save-crop")
+    save_images: bool = setting(True, "Write each image (video: an .mp4) with its boxes drawn.",
+                                flag="--save-images/--no-save-images")
+    line_width: int | None = setting(None, "Box line width in pixels (default: from the image size).",
+                                     count(1, "pixels"), flag="--line-width")
+    hide_labels: bool = setting(False, "Draw boxes without class names.", flag="--hide-labels")
+    hide_conf: bool = setting(False, "Draw class names without scores.", flag="--hide-conf")
     project: str = _project("predict")
     name: str = _name()
     exist_ok: bool = _exist_ok()

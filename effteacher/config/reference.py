@@ -17,6 +17,8 @@ def _type(tp: Any) -> str:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is typing.Literal:
         return " \\| ".join(map(str, args))
+    if origin is tuple and args[-1] is Ellipsis:
+        return f"list of {_type(args[0])}s"
     if origin is tuple:
         return f"list of {len(args)} {_type(args[0])}s"
     if args:

@@ -61,7 +61,7 @@ def _images_in_dir(d: Path) -> list[Path]:
     return [Path(r) / f for r, _, files in os.walk(d) for f in files if is_image(f)]
 
 
-def _read_list(txt: Path) -> list[Path]:
+def read_list(txt: Path) -> list[Path]:
     """Lines of an image list; relative lines resolve against the list's folder."""
     try:
         lines = txt.read_text().splitlines()
@@ -86,7 +86,7 @@ def resolve_images(sources: list[Path]) -> list[Path]:
         elif src.is_dir():
             found += _images_in_dir(src)
         elif src.suffix.lower() == ".txt" and src.is_file():
-            for p in _read_list(src):
+            for p in read_list(src):
                 found += _images_in_dir(p) if p.is_dir() else [p] if is_image(p) else []
         elif is_coco_json(src) and src.is_file():
             found += [p for p, _ in coco_images(src)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torchvision.ops import batched_nms
 
@@ -73,9 +75,15 @@ def non_max_suppression(
     return out
 
 
-def detections_from_output(out: torch.Tensor, has_nms: bool, conf: float, iou: float, max_det: int
-                           ) -> list[torch.Tensor]:
-    """Backend output -> per-image (n, 6) [x1, y1, x2, y2, score, cls] (NMS unless already in the graph)."""
+def detections_from_output(out: torch.Tensor, has_nms: bool, conf: float, iou: float, max_det: int,
+                           classes: Sequence[int] | None = None) -> list[torch.Tensor]:
+    """Backend output -> per-image (n, 6) [x1, y1, x2, y2, score, cls] (NMS unless already in the graph), only
+    the ``classes`` given (None = all)."""
     if has_nms:
-        return [o[o[:, 4] > conf][:max_det].float() for o in out]
-    return non_max_suppression(out.float(), conf_thres=conf, iou_thres=iou, max_det=max_det)
+        keep = [o[o[:, 4] > conf] for o in out]
+        if classes is not None:
+            allowed = torch.as_tensor(list(classes), device=out.device, dtype=out.dtype)
+            keep = [o[(o[:, 5:6] == allowed[None]).any(1)] for o in keep]
+        return [o[:max_det].float() for o in keep]
+    return non_max_suppression(out.float(), conf_thres=conf, iou_thres=iou, max_det=max_det,
+                               classes=None if classes is None else list(classes))

@@ -1,28 +1,27 @@
-"""Prediction: the `Detector` Python API and `effteacher predict` (annotated images, labels, JSON, speed)."""
+"""The `Detector` Python API: any weights format on images, arrays or a video's frames, one at a time or batched.
+
+`effteacher predict` (command.py) runs it over a source; drawing and label lines are in annotate.py.
+"""
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
 import torch
-from rich.markup import escape
 
-from effteacher.config.commands import PredictOptions, with_overrides
 from effteacher.data.augment import letterbox
 from effteacher.data.dataset import image_shape
-from effteacher.data.sources import find_sources
-from effteacher.errors import DatasetError
+from effteacher.data.video import VideoReader
+from effteacher.errors import ConfigError, DatasetError
 from effteacher.export.runtime import load_backend
 from effteacher.models.postprocess import detections_from_output
-from effteacher.utils.boxes import scale_boxes, xyxy2xywhn
-from effteacher.utils.console import info, warn
-from effteacher.utils.files import run_folder, unique_name
+from effteacher.predict.annotate import draw_detections, label_lines
+from effteacher.utils.boxes import scale_boxes
 
 
 @dataclass
@@ -40,6 +39,7 @@ class Detections:
     names: list[str]
     path: str | None = None
     shape: tuple[int, int] = (0, 0)
+    frame: int = 0
     speed: dict[str, float] = field(default_factory=dict)  # ms: preprocess, inference, nms
 
     @property
@@ -51,7 +51,7 @@ class Detections:
         return int(self.boxes.shape[0])
 
 
-def _read(image: Any) -> tuple[np.ndarray, str | None]:
+def read_image(image: Any) -> tuple[np.ndarray, str | None]:
     """A BGR uint8 (h, w, 3) image from a path (validated first: DatasetError naming a corrupt or truncated
     file) or an array (grayscale/BGRA converted)."""
     if isinstance(image, (str, Path)):
@@ -80,16 +80,24 @@ class Detector:
     """Run any weights format on images: ``Detector("best.pt")("img.jpg") -> [Detections]``.
 
     weights: .pt / .onnx / .torchscript / .engine; conf/iou: NMS thresholds; imgsz: inference
-    size (default: the one stored with the weights); images may be paths or BGR numpy arrays.
+    size (default: the one stored with the weights); classes: class indices to keep (None = all);
+    images may be paths or BGR numpy arrays. ``det(images, batch=16)`` runs them 16 at a time and
+    ``det.video(path)`` yields the detections of a video's frames.
     """
 
     def __init__(self, weights: str | Path, device: str = "cpu", conf: float = 0.25, iou: float = 0.45,
-                 imgsz: int | None = None, max_det: int = 300, half: bool = False) -> None:
+                 imgsz: int | None = None, max_det: int = 300, half: bool = False,
+                 classes: Sequence[int] | None = None) -> None:
         self.backend = load_backend(weights, device, half=half)
         self.names = list(self.backend.names)
         self.conf, self.iou, self.max_det = float(conf), float(iou), int(max_det)
         fixed = self.backend.fixed_shape
         self.imgsz: tuple[int, int] = tuple(fixed) if fixed else ((imgsz, imgsz) if imgsz else self.backend.imgsz)
+        self.classes = None if classes is None else tuple(int(c) for c in classes)
+        bad = [c for c in self.classes or () if not 0 <= c < len(self.names)]
+        if bad:
+            raise ConfigError(f"--classes {bad[0]}: the model has {len(self.names)} classes (0-{len(self.names) - 1}: "
+                              f"{', '.join(self.names[:5])}{' ...' if len(self.names) > 5 else ''})")
 
     def preprocess(self, img: np.ndarray) -> tuple[torch.Tensor, tuple[tuple[float, float], tuple[float, float]]]:
         """BGR (h, w, 3) -> letterboxed RGB float (1, 3, H, W) 0-1 on the device, and its (ratio, pad)."""
@@ -100,117 +108,84 @@ class Detector:
 
     def predict_one(self, image: Any) -> Detections:
         """Detections of one image (path or BGR array), boxes in its original pixels."""
-        img, path = _read(image)
-        dev = self.backend.device
-        t0 = time.perf_counter()
-        x, ratio_pad = self.preprocess(img)
-        t1 = time.perf_counter()
-        with torch.inference_mode():
-            out = self.backend(x)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            t2 = time.perf_counter()
-            det = detections_from_output(out, self.backend.has_nms, self.conf, self.iou, self.max_det)[0]
-            det = det.float().cpu().numpy().astype(np.float64)  # a copy: scale_boxes works in place
-        t3 = time.perf_counter()
-        boxes = scale_boxes(tuple(x.shape[2:]), det[:, :4], img.shape[:2], ratio_pad)
-        return Detections(
-            boxes=boxes.astype(np.float32), scores=det[:, 4].astype(np.float32),
-            classes=det[:, 5].astype(np.int64), names=self.names, path=path,
-            shape=(int(img.shape[0]), int(img.shape[1])),
-            speed={"preprocess": 1e3 * (t1 - t0), "inference": 1e3 * (t2 - t1), "nms": 1e3 * (t3 - t2)},
-        )
+        img, path = read_image(image)
+        d = self.predict_batch([img])[0]
+        d.path = path
+        return d
 
-    def __call__(self, images: Any) -> list[Detections]:
-        """One image (path or BGR array) or a list of them -> a list of Detections (same order)."""
+    def predict_batch(self, imgs: Sequence[np.ndarray]) -> list[Detections]:
+        """Detections of BGR arrays, in order. Each image is letterboxed exactly as alone; images of one letterbox
+        shape (a video's frames, photos of one size) run through the model together, so the results equal one at a
+        time. ``speed`` is each image's share of its group's time."""
+        t_start = time.perf_counter()
+        prepared = [self.preprocess(img) for img in imgs]
+        pre_share = 1e3 * (time.perf_counter() - t_start) / max(len(imgs), 1)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (x, _) in enumerate(prepared):
+            groups.setdefault(tuple(x.shape), []).append(i)
+        results: list[Detections | None] = [None] * len(imgs)
+        dev = self.backend.device
+        for idx in groups.values():
+            t0 = time.perf_counter()
+            x = torch.cat([prepared[i][0] for i in idx])
+            t1 = time.perf_counter()
+            with torch.inference_mode():
+                out = self.backend(x)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                t2 = time.perf_counter()
+                dets = detections_from_output(out, self.backend.has_nms, self.conf, self.iou, self.max_det,
+                                              self.classes)
+                dets = [d.float().cpu().numpy().astype(np.float64) for d in dets]  # copies: scale_boxes is in place
+            t3 = time.perf_counter()
+            n = len(idx)
+            for i, det in zip(idx, dets):
+                img, ratio_pad = imgs[i], prepared[i][1]
+                boxes = scale_boxes(tuple(x.shape[2:]), det[:, :4], img.shape[:2], ratio_pad)
+                results[i] = Detections(
+                    boxes=boxes.astype(np.float32), scores=det[:, 4].astype(np.float32),
+                    classes=det[:, 5].astype(np.int64), names=self.names,
+                    shape=(int(img.shape[0]), int(img.shape[1])),
+                    speed={"preprocess": pre_share + 1e3 * (t1 - t0) / n, "inference": 1e3 * (t2 - t1) / n,
+                           "nms": 1e3 * (t3 - t2) / n})
+        return [r for r in results if r is not None]
+
+    def __call__(self, images: Any, batch: int = 1) -> list[Detections]:
+        """One image (path or BGR array) or a list of them -> a list of Detections (same order), ``batch`` images
+        per model call."""
         if isinstance(images, (str, Path, np.ndarray)):
             images = [images]
-        return [self.predict_one(im) for im in images]
+        return [d for chunk in chunks(images, batch) for d in self._run_paths(chunk)]
+
+    def _run_paths(self, chunk: Sequence[Any]) -> list[Detections]:
+        read = [read_image(im) for im in chunk]
+        dets = self.predict_batch([img for img, _ in read])
+        for d, (_, path) in zip(dets, read):
+            d.path = path
+        return dets
+
+    def video(self, path: str | Path, batch: int = 1, vid_stride: int = 1) -> Iterator[Detections]:
+        """Detections of a video file's frames (every ``vid_stride``-th), ``batch`` frames per model call; each
+        has ``path`` and its 1-based ``frame`` number."""
+        reader = VideoReader(path, vid_stride)
+        for chunk in chunks(reader, batch):
+            for d, (number, _) in zip(self.predict_batch([img for _, img in chunk]), chunk):
+                d.path, d.frame = str(path), number
+                yield d
 
 
-def palette(n: int) -> list[tuple[int, int, int]]:
-    """n distinct BGR colours (HSV wheel)."""
-    hsv = np.stack([(np.arange(max(n, 1)) * 37) % 180, np.full(max(n, 1), 200), np.full(max(n, 1), 255)], 1)
-    bgr = cv2.cvtColor(hsv.astype(np.uint8)[None], cv2.COLOR_HSV2BGR)[0]
-    return [tuple(int(v) for v in c) for c in bgr]
+def chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Consecutive lists of ``size`` items (the last may be shorter)."""
+    if size < 1:
+        raise ConfigError(f"batch {size}: must be a whole number >= 1")
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
-def draw_detections(img: np.ndarray, det: Detections) -> np.ndarray:
-    """A copy of the BGR image with each box, its class name and score drawn."""
-    out = img.copy()
-    colors = palette(len(det.names))
-    lw = max(round(sum(img.shape[:2]) / 2 * 0.003), 1)
-    boxes = det.boxes.round().astype(int).tolist()
-    for (x1, y1, x2, y2), s, c in zip(boxes, det.scores.tolist(), det.classes.tolist()):
-        color = colors[int(c) % len(colors)]
-        cv2.rectangle(out, (x1, y1), (x2, y2), color, lw, cv2.LINE_AA)
-        label = f"{det.names[int(c)]} {s:.2f}"
-        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, lw / 3, max(lw - 1, 1))
-        top = y1 - th - base if y1 - th - base >= 0 else y1
-        cv2.rectangle(out, (x1, top), (x1 + tw, top + th + base), color, -1, cv2.LINE_AA)
-        cv2.putText(out, label, (x1, top + th), cv2.FONT_HERSHEY_SIMPLEX, lw / 3, (255, 255, 255),
-                    max(lw - 1, 1), cv2.LINE_AA)
-    return out
-
-
-def label_lines(det: Detections) -> list[str]:
-    """``cls cx cy w h conf`` lines, box normalised by the original image size."""
-    h, w = det.shape
-    xywhn = xyxy2xywhn(det.boxes.astype(np.float64), w, h)
-    return [f"{int(c)} {b[0]:.6f} {b[1]:.6f} {b[2]:.6f} {b[3]:.6f} {s:.5f}"
-            for c, b, s in zip(det.classes.tolist(), xywhn.tolist(), det.scores.tolist())]
-
-
-def run_predict(source: str | Path, weights: str | Path, *, options: PredictOptions | None = None,
-                **overrides: Any) -> Path:
-    """`effteacher predict`: run weights on SOURCE; writes into runs/predict/exp{N} and returns that folder."""
-    o = with_overrides(PredictOptions, options, overrides)
-    files = find_sources(source)
-    det = Detector(weights, device=o.device, conf=o.conf, iou=o.iou, imgsz=o.imgsz, max_det=o.max_det)
-    with run_folder(o.project, o.name, o.exist_ok) as save_dir:
-        if o.save_txt:
-            (save_dir / "labels").mkdir(parents=True, exist_ok=True)
-        used: set[str] = set()
-        records: list[dict[str, Any]] = []
-        times = np.zeros(3)
-        n_done = n_labels = 0
-        for i, f in enumerate(files):
-            try:
-                img, _ = _read(f)
-            except DatasetError as e:
-                warn(str(e))
-                continue
-            d = det.predict_one(img)
-            d.path = str(f)
-            times += (d.speed["preprocess"], d.speed["inference"], d.speed["nms"])
-            n_done += 1
-            out_name = unique_name(f.name, used)
-            counts = np.bincount(d.classes, minlength=len(det.names)) if len(d) else np.zeros(0, np.int64)
-            summary = ", ".join(f"{n} {det.names[c]}" for c, n in enumerate(counts.tolist()) if n) or "no detections"
-            info(escape(f"image {i + 1}/{len(files)} {f}: {d.shape[0]}x{d.shape[1]} {summary}, "
-                        f"{d.speed['inference']:.1f}ms"))
-            if o.save_images:
-                cv2.imwrite(str(save_dir / out_name), draw_detections(img, d))
-            if o.save_txt and len(d):
-                (save_dir / "labels" / f"{Path(out_name).stem}.txt").write_text("\n".join(label_lines(d)) + "\n")
-                n_labels += 1
-            if o.save_json:
-                wh = d.boxes[:, 2:] - d.boxes[:, :2]
-                records += [{"image_id": Path(out_name).stem, "file_name": str(f), "category_id": int(c),
-                             "name": det.names[int(c)], "bbox": [round(float(b[0]), 3), round(float(b[1]), 3),
-                                                                 round(float(s[0]), 3), round(float(s[1]), 3)],
-                             "score": round(float(p), 5)} for b, s, c, p in zip(d.boxes, wh, d.classes, d.scores)]
-        if n_done == 0:
-            raise DatasetError(f"none of the {len(files)} images in '{source}' could be read")
-        if o.save_json:
-            (save_dir / "predictions.json").write_text(json.dumps(records))
-        sp = times / n_done
-        h, w = det.imgsz
-        info(f"Speed: {sp[0]:.1f}ms pre-process, {sp[1]:.1f}ms inference, {sp[2]:.1f}ms NMS per image "
-             f"at shape (1, 3, {h}, {w})")
-        extra = f", {n_labels} label files in {save_dir / 'labels'}" if o.save_txt else ""
-        info(escape(f"Results saved to {save_dir}{extra}"))
-        return save_dir
-
-
-__all__: Sequence[str] = ("Detector", "Detections", "run_predict", "label_lines", "draw_detections")
+__all__: Sequence[str] = ("Detector", "Detections", "label_lines", "draw_detections")

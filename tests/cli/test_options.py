@@ -292,7 +292,7 @@ def test_predict_video(tmp_path, monkeypatch):
     (tmp_path / "clip.mp4").write_bytes(b"\x00" * 16)
     res = CliRunner().invoke(app, ["predict", "clip.mp4", "--weights", "x"])
     line = _assert_one_error(res, tmp_path, {"clip.mp4"})
-    assert line.startswith("ERROR clip.mp4: video files are not supported yet; extract frames")
+    assert line.startswith("ERROR ") and "clip.mp4: cannot open video (corrupt file" in line
 
 
 def test_missing_listed_image_is_not_found(tmp_path, capsys):
@@ -302,7 +302,7 @@ def test_missing_listed_image_is_not_found(tmp_path, capsys):
     from effteacher.data.dataset import image_shape
     from effteacher.data.sources import find_sources
     from effteacher.errors import DatasetError
-    from effteacher.predict.predictor import _read
+    from effteacher.predict.predictor import read_image
 
     img = tmp_path / "a.jpg"
     cv2.imwrite(str(img), np.zeros((32, 32, 3), np.uint8))
@@ -312,7 +312,7 @@ def test_missing_listed_image_is_not_found(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "missing.jpg: not found" in err and "corrupt" not in err
     with pytest.raises(DatasetError, match="missing.jpg: not found"):
-        _read(tmp_path / "missing.jpg")
+        read_image(tmp_path / "missing.jpg")
     with pytest.raises(ValueError, match="not found"):
         image_shape(tmp_path / "missing.jpg")
     lst.write_text("missing.jpg\n")

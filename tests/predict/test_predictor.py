@@ -17,7 +17,8 @@ from effteacher.data.sources import find_sources
 from effteacher.errors import CheckpointError, DatasetError
 from effteacher.export.runtime import load_backend
 from effteacher.models.checkpoint import make_checkpoint, save_checkpoint
-from effteacher.predict.predictor import Detector, run_predict
+from effteacher.predict.command import run_predict
+from effteacher.predict.predictor import Detector
 from effteacher.utils.boxes import xywhn2xyxy
 
 NAMES = ["cat", "dog"]
