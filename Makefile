@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,openvino]'
 	$(BIN)/pip install -q --no-deps $(YOLOV5_TEST_PKGS)
 	$(BIN)/pip install -q $(YOLOV5_TEST_DEPS)
 	touch $(STAMP)
