@@ -104,6 +104,9 @@ class PseudoOptions:
     flip: bool = _flip("Average each image's and its mirror image's predictions (flip ensemble).")
     save_to_dataset: bool = setting(False, "Also write each label beside its image (images/ -> labels/); never "
                                            "overwrites.", flag="--save-to-dataset")
+    format: str = setting("coco", "Files for labeling tools: coco (pseudo_labels.json), yolo (obj.data/obj.names/"
+                                  "train.txt: CVAT YOLO 1.1), labelstudio (tasks with scored predictions); "
+                                  "comma-separated, or all.", flag="--format")
     imgsz: int | None = _imgsz()
     iou: float | None = _iou(None, "NMS IoU threshold (default: the training's teacher NMS, 0.65).")
     max_det: int = _max_det(300)

@@ -79,8 +79,9 @@ def _read(image: Any) -> tuple[np.ndarray, str | None]:
 class Detector:
     """Run any weights format on images: ``Detector("best.pt")("img.jpg") -> [Detections]``.
 
-    weights: .pt / .onnx / .torchscript / .engine; conf/iou: NMS thresholds; imgsz: inference
-    size (default: the one stored with the weights); images may be paths or BGR numpy arrays.
+    weights: .pt / .onnx / .torchscript / .engine / an OpenVINO *_openvino_model folder; conf/iou: NMS
+    thresholds; imgsz: inference size (default: the one stored with the weights); images may be paths or BGR
+    numpy arrays.
     """
 
     def __init__(self, weights: str | Path, device: str = "cpu", conf: float = 0.25, iou: float = 0.45,
