@@ -8,6 +8,13 @@ STAMP := $(VENV)/.installed
 # second list is what its models/yolo.py imports (setuptools<81 still ships pkg_resources).
 YOLOV5_TEST_PKGS := yolov5==7.0.14 ultralytics==8.4.190
 YOLOV5_TEST_DEPS := pandas requests psutil tqdm seaborn 'setuptools<81'
+# Test-only: the libraries labeling tools import with, for tests/labeling/test_tool_import.py: datumaro (CVAT's
+# COCO/YOLO importers) and label-studio-converter. Installed without their pins (datumaro asks for older pandas,
+# pillow and opencv than the project's); the second list is what their importers use.
+LABELING_TEST_PKGS := datumaro==1.13.12 label-studio-converter==0.0.59
+LABELING_TEST_DEPS := 'attrs>=25.3' 'cachetools~=7.0' 'defusedxml~=0.7' 'imagesize~=2.0' 'json-stream~=2.4' \
+	'lxml~=6.0' 'orjson~=3.10' 'pyarrow~=25.0' 'ruamel.yaml~=0.19.1' 'shapely~=2.1' nltk label-studio-tools ujson \
+	'ijson~=3.2.0.post0'
 
 .PHONY: run test test-fast install clean
 
@@ -15,9 +22,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,openvino]'
 	$(BIN)/pip install -q --no-deps $(YOLOV5_TEST_PKGS)
 	$(BIN)/pip install -q $(YOLOV5_TEST_DEPS)
+	$(BIN)/pip install -q --no-deps $(LABELING_TEST_PKGS)
+	$(BIN)/pip install -q $(LABELING_TEST_DEPS)
 	touch $(STAMP)
 
 install: $(STAMP)

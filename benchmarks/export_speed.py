@@ -1,4 +1,4 @@
-"""CPU latency (ms/img, batch 1, NMS included) of eager PyTorch, TorchScript and onnxruntime exports."""
+"""CPU latency (ms/img, batch 1, NMS included) of eager PyTorch, TorchScript, onnxruntime and OpenVINO exports."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ CONF, IOU = 0.25, 0.45
 # One intra-op thread for every runtime: on this shared 2-core machine, 2 OpenMP threads made eager
 # PyTorch spin-wait on busy cores (2.6 s instead of ~75 ms per n@640 forward), measuring contention.
 THREADS = 1
+BACKENDS = ("pytorch", "torchscript", "onnxruntime", "openvino")
 
 
 def interleaved_ms(fns: dict[str, Callable[[], object]], warmup: int = WARMUP, iters: int = ITERS) -> dict[str, float]:
@@ -36,10 +37,14 @@ def interleaved_ms(fns: dict[str, Callable[[], object]], warmup: int = WARMUP, i
 
 
 def runners(variant: str, size: int, folder: Path) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-    """x -> decoded (1, A, 5+nc) for eager PyTorch, TorchScript and onnxruntime (same random-init weights)."""
+    """x -> decoded (1, A, 5+nc) for eager PyTorch, TorchScript, onnxruntime and OpenVINO (same random-init weights).
+
+    OpenVINO runs through the runtime layer's OpenVINOBackend (fp32, torch's thread count) on an fp32 export.
+    """
     import onnxruntime as ort
 
     from effteacher.export.onnx import export_onnx
+    from effteacher.export.openvino import OpenVINOBackend, export_openvino
     from effteacher.export.torchscript import export_torchscript, load_torchscript
     from effteacher.models.build import build_model
     from effteacher.models.head import DeployModel
@@ -56,7 +61,10 @@ def runners(variant: str, size: int, folder: Path) -> dict[str, Callable[[torch.
     def run_ort(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(["output0"], {"images": x.numpy()})[0])
 
-    return {"pytorch": model, "torchscript": scripted, "onnxruntime": run_ort}
+    meta = {"names": [str(i) for i in range(80)], "imgsz": [size, size], "stride": 32}
+    ov_backend = OpenVINOBackend(export_openvino(onnx_path, folder / f"{variant}{size}_openvino_model", False, meta),
+                                 torch.device("cpu"))
+    return {"pytorch": model, "torchscript": scripted, "onnxruntime": run_ort, "openvino": ov_backend}
 
 
 def main() -> None:
@@ -73,26 +81,28 @@ def main() -> None:
                 for name, ms in interleaved_ms(fns).items():
                     results[variant, size, name] = ms
     rows = [
-        f"| {v} | {s} | " + " | ".join(f"{results[v, s, b]:.1f}" for b in ("pytorch", "torchscript", "onnxruntime"))
-        + f" | {results[v, s, 'pytorch'] / results[v, s, 'onnxruntime']:.2f}x |"
+        f"| {v} | {s} | " + " | ".join(f"{results[v, s, b]:.1f}" for b in BACKENDS)
+        + f" | {results[v, s, 'pytorch'] / results[v, s, 'onnxruntime']:.2f}x"
+        + f" | {results[v, s, 'onnxruntime'] / results[v, s, 'openvino']:.2f}x |"
         for v in VARIANTS
         for s in SIZES
     ]
     speedup = results["n", 640, "pytorch"] / results["n", 640, "onnxruntime"]
     line = (
         f"export_speed: n@640 ms/img pytorch {results['n', 640, 'pytorch']:.1f}, "
-        f"torchscript {results['n', 640, 'torchscript']:.1f}, onnxruntime {results['n', 640, 'onnxruntime']:.1f} "
-        f"(onnxruntime {speedup:.2f}x eager; target >= 1.3x)"
+        f"torchscript {results['n', 640, 'torchscript']:.1f}, onnxruntime {results['n', 640, 'onnxruntime']:.1f}, "
+        f"openvino {results['n', 640, 'openvino']:.1f} (onnxruntime {speedup:.2f}x eager; target >= 1.3x)"
     )
     details = "\n".join([
-        f"CPU, batch 1, {THREADS} intra-op thread (torch and onnxruntime; more threads on this shared CPU "
+        f"CPU, batch 1, {THREADS} intra-op thread (torch, onnxruntime and OpenVINO; more threads on this shared CPU "
         f"measured contention, see THREADS), median of {ITERS} interleaved runs "
         f"after {WARMUP} warm-up, random-init models with nc=80, NMS included "
         f"(models.postprocess.non_max_suppression, conf {CONF}, iou {IOU}). The machine's CPU is shared with "
         "other engineers' jobs, so expect noise of 10-30%.",
         "",
-        "| model | imgsz | pytorch ms | torchscript ms | onnxruntime ms | ort speed-up |",
-        "|---|---|---|---|---|---|",
+        "| model | imgsz | pytorch ms | torchscript ms | onnxruntime ms | openvino ms | ort speed-up | "
+        "openvino vs ort |",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
     ])
     record("export_speed", line, details)

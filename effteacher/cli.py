@@ -198,7 +198,7 @@ _signature(train, [
 app.command(cls=_Command)(train)
 
 
-_WEIGHTS_ANY = "Weights: .pt (effteacher or official YOLOv5), .onnx, .torchscript or .engine."
+_WEIGHTS_ANY = "Weights: .pt (effteacher or official YOLOv5), .onnx, .torchscript, *_openvino_model/ or .engine."
 _WEIGHTS_PT = "An effteacher .pt checkpoint (weights/best.pt)."
 
 

@@ -127,6 +127,9 @@ class PseudoOptions:
     flip: bool = _flip("Average each image's and its mirror image's predictions (flip ensemble).")
     save_to_dataset: bool = setting(False, "Also write each label beside its image (images/ -> labels/); never "
                                            "overwrites.", flag="--save-to-dataset")
+    format: str = setting("coco", "Files for labeling tools: coco (pseudo_labels.json), yolo (obj.data/obj.names/"
+                                  "train.txt: CVAT YOLO 1.1), labelstudio (tasks with scored predictions); "
+                                  "comma-separated, or all.", flag="--format")
     imgsz: int | None = _imgsz()
     iou: float | None = _iou(None, "NMS IoU threshold (default: the training's teacher NMS, 0.65).")
     max_det: int = _max_det(300)
@@ -163,11 +166,11 @@ OPSET = 17
 class ExportOptions:
     """Format, input shape and what the exported graph holds."""
 
-    format: str = setting("onnx", "onnx|torchscript|engine", flag="--format")
+    format: str = setting("onnx", "onnx|torchscript|openvino|engine", flag="--format")
     imgsz: int | None = setting(None, "Export image size (default: from the weights).", IMGSZ, flag="--imgsz")
     batch: int = _batch(1)
     dynamic: bool = setting(False, "Dynamic batch/height/width.", flag="--dynamic")
-    half: bool = setting(False, "FP16 (CUDA only).", flag="--half")
+    half: bool = setting(False, "FP16 (CUDA; openvino: fp16 weights, on CPU).", flag="--half")
     opset: int = setting(OPSET, "ONNX opset.", count(11, f"ONNX opset, {OPSET} by default"), flag="--opset")
     nms: bool = setting(False, "Put NMS in the graph: output (N, max_det, 6).", flag="--nms")
     max_det: int = _max_det(100, "Most boxes per image of the in-graph NMS.")

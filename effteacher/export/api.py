@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,6 +14,8 @@ from effteacher.config.commands import ExportOptions, with_overrides
 from effteacher.errors import ExportError
 from effteacher.export.nms import DeployWithNMS
 from effteacher.export.onnx import export_onnx, onnx_runner
+from effteacher.export.openvino import (OpenVINOBackend, export_openvino, import_openvino, is_openvino,
+                                        openvino_folder)
 from effteacher.export.tensorrt import TensorRTBackend, export_engine, import_tensorrt, require_cuda
 from effteacher.export.torchscript import export_torchscript, load_torchscript
 from effteacher.models.checkpoint import load_checkpoint, model_from_checkpoint
@@ -21,7 +24,7 @@ from effteacher.utils.console import info, warn
 from effteacher.utils.dist import select_device
 from effteacher.version import __version__
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript", "engine": ".engine"}
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript", "openvino": "_openvino_model", "engine": ".engine"}
 NMS_TOP = 10  # rows of each image compared for --nms exports (the highest-scoring detections)
 
 
@@ -143,7 +146,8 @@ def _dynamic_probe(x: Tensor, stride: int) -> Tensor:
 
 
 def run_export(weights: str | Path, *, options: ExportOptions | None = None, **overrides: Any) -> Path:
-    """Export the checkpoint ``weights`` next to it (best.pt -> best.onnx / best.torchscript / best.engine).
+    """Export the checkpoint ``weights`` next to it (best.pt -> best.onnx / best.torchscript /
+    best_openvino_model/ / best.engine).
 
     Exports the deploy model only (the Detector in the checkpoint's ``state_dict``, decoded output),
     checks it against PyTorch on a random input (and on a second shape when ``dynamic``), prints the
@@ -159,19 +163,23 @@ def run_export(weights: str | Path, *, options: ExportOptions | None = None, **o
         raise ExportError(f"--batch ({o.batch}) and --max-det ({o.max_det}) must be >= 1")
 
     dev = select_device(o.device)
-    if o.half and dev.type != "cuda":
-        raise ExportError("--half needs a CUDA device; use --device 0")
+    if fmt == "openvino":
+        import_openvino()
+        if dev.type != "cpu":
+            raise ExportError("--format openvino exports and checks on the CPU; use --device cpu")
+    elif o.half and dev.type != "cuda":
+        raise ExportError("--half needs a CUDA device; use --device 0 (or --format openvino for fp16 weights on CPU)")
     if o.nms and fmt == "torchscript":
         raise ExportError("--nms puts NMS in ONNX/TensorRT graphs only; drop --nms for --format torchscript")
     if fmt == "engine":
         require_cuda(dev)
         import_tensorrt()
     weights = Path(weights)
-    if weights.suffix in (".onnx", ".torchscript", ".engine"):
+    if weights.suffix in (".onnx", ".torchscript", ".engine") or is_openvino(weights):
         raise ExportError(f"{weights}: is already an exported model; pass the .pt checkpoint it came from")
 
-    # TensorRT converts to FP16 itself (--half is a builder flag), so its ONNX stays fp32
-    model, ckpt, stride = _load_deploy_model(weights, dev, o.half and fmt != "engine")
+    # TensorRT and OpenVINO convert to FP16 themselves (a builder flag, fp16 weights), so their ONNX stays fp32
+    model, ckpt, stride = _load_deploy_model(weights, dev, o.half and fmt not in ("engine", "openvino"))
     hw = _export_size(o.imgsz, ckpt, stride)
     meta = export_metadata(ckpt, hw, stride, o.nms, o.batch, o.dynamic)
     dtype = next(model.parameters()).dtype
@@ -180,8 +188,8 @@ def run_export(weights: str | Path, *, options: ExportOptions | None = None, **o
     torch_fn: Callable[[Tensor], Tensor] = model
     if o.nms:
         torch_fn = DeployWithNMS(model, o.max_det, o.iou, o.conf).eval()
-    # TensorRT may run fp32 layers in TF32, so engines get the fp16 tolerances
-    atol, score_atol = tolerances(dtype == torch.float16 or fmt == "engine", hw)
+    # TensorRT may run fp32 layers in TF32, so engines get the fp16 tolerances (as do fp16 OpenVINO weights)
+    atol, score_atol = tolerances(dtype == torch.float16 or fmt == "engine" or (o.half and fmt == "openvino"), hw)
 
     info(f"Exporting {weights} ({meta['variant']}, nc={meta['nc']}) to {fmt} at {hw[0]}x{hw[1]}, batch {o.batch}"
          f"{', dynamic' if o.dynamic else ''}{', fp16' if o.half else ''}{', NMS in graph' if o.nms else ''}")
@@ -189,6 +197,12 @@ def run_export(weights: str | Path, *, options: ExportOptions | None = None, **o
         path = export_torchscript(model, weights.with_suffix(FORMATS[fmt]), hw, o.batch, meta)
         runtime_fn: Callable[[Tensor], Tensor] = load_torchscript(path, dev)[0]
         what = "TorchScript"
+    elif fmt == "openvino":
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_path = export_onnx(model, Path(tmp) / f"{weights.stem}.onnx", hw, o.batch, o.dynamic, o.opset, o.nms,
+                                    o.max_det, o.iou, o.conf, o.simplify, meta)
+            path = export_openvino(onnx_path, openvino_folder(weights), o.half, meta)
+        runtime_fn, what = OpenVINOBackend(path, dev), "OpenVINO"
     else:
         onnx_path = export_onnx(model, weights.with_suffix(".onnx"), hw, o.batch, o.dynamic, o.opset, o.nms, o.max_det,
                                 o.iou, o.conf, o.simplify, meta)
@@ -203,5 +217,6 @@ def run_export(weights: str | Path, *, options: ExportOptions | None = None, **o
     box, score = max(d[0] for d in diffs), max(d[1] for d in diffs)
     shapes = " and ".join("x".join(map(str, p.shape)) for p in probes)
     info(f"parity: max |diff| boxes {box:.2e}, scores {score:.2e} ({what} vs PyTorch, input {shapes})")
-    info(f"Saved {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    size = sum(f.stat().st_size for f in path.iterdir()) if path.is_dir() else path.stat().st_size
+    info(f"Saved {path} ({size / 1e6:.1f} MB)")
     return path

@@ -1,4 +1,4 @@
-"""One inference interface over every weights format: .pt, .onnx, .torchscript and .engine."""
+"""One inference interface over every weights format: .pt, .onnx, .torchscript, OpenVINO folders and .engine."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import torch
 from effteacher.errors import CheckpointError, ExportError
 from effteacher.export.backend import Backend
 from effteacher.export.onnx import onnx_session, read_onnx_metadata
+from effteacher.export.openvino import OpenVINOBackend, is_openvino
 from effteacher.export.torchscript import load_torchscript
 from effteacher.models.checkpoint import first_line, load_checkpoint, model_from_checkpoint
 from effteacher.models.head import DeployModel
 from effteacher.utils.dist import select_device
 
 SUFFIXES = (".pt", ".onnx", ".torchscript", ".engine")
-
 
 
 class TorchBackend(Backend):
@@ -120,7 +120,8 @@ def _parse_meta(meta: dict[str, Any], path: Path, fixed_shape: tuple[int, int] |
 
 
 def load_backend(weights: str | Path, device: str | torch.device = "cpu", half: bool = False) -> Backend:
-    """Open ``weights`` by its suffix (.pt, .onnx, .torchscript, .engine) on ``device``.
+    """Open ``weights`` by its suffix (.pt, .onnx, .torchscript, .engine) or as an OpenVINO export (its
+    ``*_openvino_model`` folder or .xml) on ``device``.
 
     Raises CheckpointError for a missing file or an unknown suffix, DeviceError for a bad device,
     ExportError when a TensorRT engine cannot run here.
@@ -128,9 +129,14 @@ def load_backend(weights: str | Path, device: str | torch.device = "cpu", half: 
     dev = device if isinstance(device, torch.device) else select_device(str(device))
     path = Path(weights)
     suffix = path.suffix.lower()
+    if is_openvino(path):
+        if not path.exists():
+            raise CheckpointError(f"{path}: OpenVINO model not found; check the path (e.g. "
+                                  "runs/train/exp/weights/best_openvino_model)")
+        return OpenVINOBackend(path, dev)
     if suffix not in SUFFIXES:
         raise CheckpointError(f"{path}: unknown weights format '{suffix or path.name}'; "
-                              f"use one of {', '.join(SUFFIXES)}")
+                              f"use one of {', '.join(SUFFIXES)} or an OpenVINO *_openvino_model folder")
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found; check the path "
                               "(e.g. runs/train/exp/weights/best.pt or an exported .onnx)")

@@ -1,13 +1,13 @@
 """`effteacher pseudo`: the teacher's labels for unlabeled images, split reliable / uncertain as in training, for review.
 
-Writes under ``runs/pseudo/expN/``: ``labels/<stem>.txt`` (YOLO, reliable boxes), ``pseudo_labels.json``
-(COCO, reliable and uncertain boxes with scores) and ``review.csv`` (images most worth a look first).
+Writes under ``runs/pseudo/expN/``: ``labels/<stem>.txt`` (YOLO, reliable boxes), ``review.csv`` (images most
+worth a look first) and the ``--format`` files for labeling tools (labeling/tool_formats.py; by default
+``pseudo_labels.json``: COCO, reliable and uncertain boxes with scores).
 """
 
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,6 +22,7 @@ from effteacher.data.spec import img2label_path, load_spec, resolve_images
 from effteacher.errors import ConfigError, DatasetError, EffTeacherError
 from effteacher.labeling.scores import image_uncertainty
 from effteacher.labeling.teacher_pass import CLS, OBJ, PROBS, SCORE, PassConfig, load_model, teacher_pass
+from effteacher.labeling.tool_formats import parse_formats, write_formats
 from effteacher.utils import dist
 from effteacher.utils.console import info
 from effteacher.utils.files import atomic_write_text, run_folder, unique_name
@@ -156,6 +157,7 @@ def run_pseudo(source: str, weights: str | Path, *, options: PseudoOptions | Non
                **overrides: Any) -> Path:
     """`effteacher pseudo`: label SOURCE with the model at ``weights``; returns the output folder."""
     o = with_overrides(PseudoOptions, options, overrides)
+    formats = parse_formats(o.format)
     files = resolve_source(source)
     if o.save_to_dataset:
         check_no_overwrite(files, [img2label_path(f) for f in files])
@@ -193,8 +195,8 @@ def run_pseudo(source: str, weights: str | Path, *, options: PseudoOptions | Non
                 x1, y1, x2, y2 = det[:4]
                 anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": int(det[5]) + 1,
                              "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                             "area": round((x2 - x1) * (y2 - y1), 2), "iscrowd": 0, "score": round(det[SCORE], 5),
-                             "attributes": {"pseudo": STATUS_NAME[s]}})
+                             "area": round((x2 - x1) * (y2 - y1), 2), "iscrowd": 0, "segmentation": [],
+                             "score": round(det[SCORE], 5), "attributes": {"pseudo": STATUS_NAME[s]}})
             u = image_uncertainty(d[:, PROBS:], d[:, OBJ])
             unc = d[st == UNCERTAIN]
             rows.append({"image": pred.path, "label_file": str(label_file), "n_reliable": int((st == RELIABLE).sum()),
@@ -209,11 +211,13 @@ def run_pseudo(source: str, weights: str | Path, *, options: PseudoOptions | Non
             wr.writeheader()
             for i, r in enumerate(rows, 1):
                 wr.writerow({"rank": i, **{k: r[k] for k in REVIEW_COLUMNS if k != "rank"}})
-        atomic_write_text(out / "pseudo_labels.json", json.dumps(coco_document(images, anns, names)))
+        tool_files = write_formats(out, formats, coco_document(images, anns, names), names, f"effteacher {weights}")
         n_rel, n_unc = sum(r["n_reliable"] for r in rows), sum(r["n_uncertain"] for r in rows)
+        also = " and ".join(f for f in ("coco", "labelstudio") if f in formats) or "no --format file"
         info(escape(f"{len(rows)} images: {n_rel} reliable boxes (in labels/*.txt), {n_unc} uncertain (only in "
-                    f"pseudo_labels.json); thresholds: {rule.source}, tau2 mean {rule.tau2.mean():.3f}, "
+                    f"the {also} output); thresholds: {rule.source}, tau2 mean {rule.tau2.mean():.3f}, "
                     f"tau1 mean {rule.tau1.mean():.3f}{', flip ensemble' if o.flip else ''}"))
         where = f"; labels also written beside the images ({len(rows)} new files)" if o.save_to_dataset else ""
-        info(escape(f"Results saved to {out} (labels/, pseudo_labels.json, review.csv: look at the first rows first){where}"))
+        listing = ", ".join(["labels/", *tool_files, "review.csv: look at the first rows first"])
+        info(escape(f"Results saved to {out} ({listing}){where}"))
         return out

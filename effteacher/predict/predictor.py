@@ -79,7 +79,7 @@ def read_image(image: Any) -> tuple[np.ndarray, str | None]:
 class Detector:
     """Run any weights format on images: ``Detector("best.pt")("img.jpg") -> [Detections]``.
 
-    weights: .pt / .onnx / .torchscript / .engine; conf/iou: NMS thresholds; imgsz: inference
+    weights: .pt / .onnx / .torchscript / .engine / an OpenVINO *_openvino_model folder; conf/iou: NMS thresholds; imgsz: inference
     size (default: the one stored with the weights); classes: class indices to keep (None = all);
     images may be paths or BGR numpy arrays. ``det(images, batch=16)`` runs them 16 at a time and
     ``det.video(path)`` yields the detections of a video's frames.

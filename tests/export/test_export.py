@@ -248,7 +248,7 @@ def test_cli_errors(ckpts: dict, tmp_path: Path) -> None:
     assert "needs a CUDA GPU" in cli_error(["--weights", str(weights), "--format", "engine"])
     assert "--half needs a CUDA device; use --device 0" in cli_error(["--weights", str(weights), "--half"])
     msg = cli_error(["--weights", str(weights), "--format", "tflite"])
-    assert "onnx, torchscript, engine" in msg
+    assert "onnx, torchscript, openvino, engine" in msg
     assert "not found" in cli_error(["--weights", str(tmp_path / "missing.pt")])
     foreign = tmp_path / "foreign.pt"
     torch.save({"conv.weight": torch.zeros(2, 2)}, foreign)
