@@ -47,7 +47,7 @@ class TrainConfig:
                            flag="--workers")
     amp: bool = setting(True, "Mixed precision on CUDA (always off on CPU).", flag="--amp/--no-amp")
     precision: Literal["auto", "fp32", "bf16"] = setting(
-        "auto", "CPU training precision: auto = bf16 autocast where the CPU has native bf16 (avx512_bf16 / amx), "
+        "fp32", "CPU training precision: auto = bf16 autocast where the CPU has native bf16 (avx512_bf16 / amx), "
                 "else fp32; fp32; bf16 (falls back to fp32 with a warning on a CPU without it). Validation stays "
                 "fp32; CUDA uses amp.", flag="--precision")
     channels_last: bool = setting(False, "Channels-last memory format for the model and its inputs in training.")
