@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from effteacher.config.fields import BATCH, IMGSZ, SEED, WORKERS, count, section, setting
 from effteacher.config.sections import AugmentConfig, LossConfig, OptimConfig, SchedConfig, SSODConfig
@@ -47,6 +48,11 @@ class TrainConfig:
     amp: bool = setting(True, "Mixed precision on CUDA (always off on CPU).", flag="--amp/--no-amp")
     tensorboard: bool = setting(True, "TensorBoard event files in the run folder (view with `tensorboard --logdir "
                                       "runs/train`).", flag="--tensorboard/--no-tensorboard")
+    precision: Literal["auto", "fp32", "bf16"] = setting(
+        "fp32", "CPU training precision: auto = bf16 autocast where the CPU has native bf16 (avx512_bf16 / amx), "
+                "else fp32; fp32; bf16 (falls back to fp32 with a warning on a CPU without it). Validation stays "
+                "fp32; CUDA uses amp.", flag="--precision")
+    channels_last: bool = setting(False, "Channels-last memory format for the model and its inputs in training.")
     patience: int = setting(100, "Early-stop patience in epochs.",
                             count(1, "epochs without improvement before stopping; a large value turns it off"),
                             flag="--patience")

@@ -128,8 +128,9 @@ class DetectionLoss:
             lobj = lobj + bce_focal(pi[..., 4], tobj, gamma, alpha).mean() * self.cfg.balance[i]
         lbox, lobj, lcls = lbox * self.gain_box, lobj * self.gain_obj, lcls * self.gain_cls
         if expected_targets is not None and expected_targets > 0:
-            lbox = lbox * min(1.0, float(w_box.sum()) / expected_targets)
-            lcls = lcls * min(1.0, float(w_cls.sum()) / expected_targets)
+            # tensor ops, not float(): no host sync on a GPU
+            lbox = lbox * (w_box.sum() / expected_targets).clamp(max=1.0)
+            lcls = lcls * (w_cls.sum() / expected_targets).clamp(max=1.0)
         bs = raw[0].shape[0]
         parts = {"box": lbox.detach(), "obj": lobj.detach(), "cls": lcls.detach()}
         return (lbox + lobj + lcls) * bs, parts

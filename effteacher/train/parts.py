@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ContextManager
 
 import torch
 from torch import nn
@@ -27,6 +27,7 @@ from effteacher.train.optim import (
     run_optimizer,
     warmup_iters,
 )
+from effteacher.train.precision import autocast, cpu_autocast_dtype
 from effteacher.train.schedule import EpochPlan, ema_schedule, lr_fn, resolve_optimizer
 from effteacher.train.ssod_state import SSODState, build_ssod_state, build_unlabeled
 from effteacher.train.train_data import TrainData, labeled_box_sizes
@@ -50,7 +51,9 @@ class TrainParts:
     """Everything a run trains with. ``ssod`` is None for a supervised run."""
 
     device: torch.device
-    amp: bool
+    amp: bool  # CUDA fp16 autocast with the GradScaler
+    autocast_dtype: torch.dtype | None  # the training forward's autocast dtype (fp16 with amp, CPU bf16); None = fp32
+    channels_last: bool
     plan: EpochPlan
     model: nn.Module  # the student
     ema: ModelEMA  # validated each epoch; the teacher after the hand-over
@@ -69,7 +72,12 @@ class TrainParts:
     progress: RunProgress = field(default_factory=RunProgress)
 
     def to_input(self, imgs: torch.Tensor) -> torch.Tensor:
-        return imgs.to(self.device, non_blocking=True).float().div_(255.0)
+        x = imgs.to(self.device, non_blocking=True).float().div_(255.0)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def autocast(self) -> ContextManager[object]:
+        """The training forward's precision context (fp32: none)."""
+        return autocast(self.device, self.autocast_dtype)
 
     def backward_step(self, loss: torch.Tensor, epoch: int, i: int, nb: int) -> None:
         """Backward; optimizer step every ``accumulate`` batches (and at the epoch's end); EMA update."""
@@ -132,7 +140,7 @@ def build_parts(cfg: TrainConfig, ctx: DistContext, data: TrainData, device: tor
         init_from_weights(model, cfg.weights, data.names)
     if resume_ckpt is None:
         check_anchors(model, labeled_box_sizes(data.labeled, cfg.imgsz), cfg.imgsz)
-    model = model.to(device)
+    model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
     nb_ssod = len(unlabeled.loader) if unlabeled is not None else len(labeled_loader)
     plan = EpochPlan(cfg, ssod_run, len(labeled_loader), nb_ssod)
     ema = ModelEMA(model, *ema_schedule(plan.ema_window(), cfg.optim.ema_decay))
@@ -140,6 +148,7 @@ def build_parts(cfg: TrainConfig, ctx: DistContext, data: TrainData, device: tor
     ssod = build_ssod_state(cfg, data, model, unlabeled, device) if unlabeled is not None else None
     amp = check_amp(model, device, cfg.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    autocast_dtype = torch.float16 if amp else cpu_autocast_dtype(cfg.precision, device)
     train_model: nn.Module = model
     if ctx.world_size > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -159,7 +168,7 @@ def build_parts(cfg: TrainConfig, ctx: DistContext, data: TrainData, device: tor
     # an SSOD epoch (one pass over U). Auto burn-in: constant LR until the hand-over, then it decays.
     scheduler = LambdaLR(optimizer, lr_lambda=lr_fn(lambda: plan.lr_span, optim_cfg))
     n_warmup = warmup_iters(optim_cfg, plan.nb_burn, cap=plan.warmup_cap())
-    return TrainParts(device, amp, plan, model, ema, train_model, loss_sup, optimizer, optim_cfg, scheduler, scaler,
+    return TrainParts(device, amp, autocast_dtype, cfg.channels_last, plan, model, ema, train_model, loss_sup, optimizer, optim_cfg, scheduler, scaler,
                       n_warmup, labeled_ds, labeled_loader, InfiniteLoader(stream, epoch=10_000), evaluator, ssod)
 
 

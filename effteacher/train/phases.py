@@ -76,7 +76,7 @@ class SupervisedPhase:
         p = self.parts
         imgs, targets, paths, _ = batch
         x, targets = p.to_input(imgs), targets.to(p.device)
-        with torch.autocast(p.device.type, enabled=p.amp):
+        with p.autocast():
             loss, items = p.loss_sup(p.train_model(x), targets)
         if epoch == p.progress.start_epoch and i < 3 and self.run.ctx.is_main:
             plot_images(imgs, targets.cpu(), paths, self.run.data.names, self.run.run_dir / f"train_batch{i}.jpg")
@@ -106,7 +106,7 @@ class SSODPhase:
         teacher = p.ema.module
         # Scores are collected from a low fixed floor so the Epoch Adaptor sees the full distribution.
         floor = min(0.05, float(st.thresholds.tau1.min()))
-        dets, raw_t = teacher_predict(teacher, x_w, s, floor, p.amp)
+        dets, raw_t = teacher_predict(teacher, x_w, s, floor, p.autocast_dtype)
         tau1, tau2 = st.thresholds.tau1.to(p.device), st.thresholds.tau2.to(p.device)
         targets_u, stats = assign_pseudo_labels(dets, M, tuple(x_s.shape[-2:]), tau1, tau2, s.obj_box_thres,
                                                 soft_cls=s.soft_cls, score_mode=s.score,
@@ -116,7 +116,7 @@ class SSODPhase:
         dense = dense_for(raw_t, M, teacher, tuple(x_w.shape[-2:]), s, self.run.cfg.loss.balance, st.dense_gains)
         ssod_iter = (epoch - (p.plan.burn or 0)) * len(self.loader()) + i
         inputs = StudentInputs(x_l, targets_l.to(p.device), x_s, targets_u, da_ramp(ssod_iter, s.da_rampup), dense)
-        out = student_losses(p.train_model, p.loss_sup, st, s, inputs, p.amp)
+        out = student_losses(p.train_model, p.loss_sup, st, s, inputs, p.autocast_dtype)
         items: dict[str, Any] = {**out.items, "reliable": stats["n_reliable"], "uncertain": stats["n_uncertain"]}
         if self.run.data.hidden_labels_known:
             items.update(pseudo_quality(dets, hidden, x_w.shape[-2:], tau2, s))

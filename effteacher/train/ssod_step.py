@@ -15,18 +15,19 @@ from effteacher.ssod.dense import dense_loss, dense_targets
 from effteacher.ssod.domain import domain_loss
 from effteacher.ssod.metrics import pseudo_precision_recall
 from effteacher.ssod.teacher import flip_ensemble_predict
+from effteacher.train.precision import autocast
 from effteacher.train.ssod_state import SSODState
 from effteacher.utils.boxes import xywhn2xyxy
 
 
 @torch.no_grad()
 def teacher_predict(teacher: nn.Module, x_w: torch.Tensor, s: SSODConfig, floor: float,
-                    amp: bool) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+                    dtype: torch.dtype | None) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
     """Teacher detections on the weak view: per image (n, 7) ``x1 y1 x2 y2 score cls obj`` (+ nc probabilities
     with ``soft_cls``), NMS class-aware or class-agnostic (``s.agnostic_nms``), scores above ``floor``; and,
     with ``s.dense_topk``, the teacher's raw per-level logits (without the flip ensemble) for dense targets."""
     raw = None
-    with torch.autocast(x_w.device.type, enabled=amp):
+    with autocast(x_w.device, dtype):
         if s.dense_topk > 0 or not s.flip_teacher:
             raw = [r.float() for r in teacher(x_w)]
         if s.flip_teacher:
@@ -98,14 +99,14 @@ class StudentLosses:
 
 
 def student_losses(model: nn.Module, loss_sup: Any, state: SSODState, s: SSODConfig, inp: StudentInputs,
-                   amp: bool) -> StudentLosses:
+                   dtype: torch.dtype | None) -> StudentLosses:
     """Labeled + strong views through the student in one batch: supervised loss, masked unlabeled loss
     (box/cls scaled by pseudo-box density with ``s.density_norm``), and the domain loss with a discriminator.
 
     With ``inp.dense`` the unlabeled objectness and class losses come from the teacher's dense maps
     (``state.loss_unsup`` then carries only the box loss)."""
     x_l, x_s, bl = inp.x_l, inp.x_s, inp.x_l.shape[0]
-    with torch.autocast(x_l.device.type, enabled=amp):
+    with autocast(x_l.device, dtype):
         raw, feats = model(torch.cat([x_l, x_s], 0), return_features=True)
         loss_l, items_l = loss_sup([r[:bl] for r in raw], inp.targets_l)
         expected = state.labeled_density * x_s.shape[0] if s.density_norm else None

@@ -42,7 +42,8 @@ REL, ABS = 1e-4, 1e-5  # results.csv cells (six significant digits)
 # The sum of |weights| is dominated by the initial weights that a short run barely moves, so it gets a
 # tighter tolerance: float noise from reordered operations stays far below it, a changed loss gain does not.
 WEIGHTS_REL = 1e-6
-COMMON = ["--imgsz", "64", "--batch", "4", "--workers", "0", "--device", "cpu", "--seed", "0"]
+# fp32 on every CPU: the recorded numbers are fp32 ones ('auto' / 'bf16' would change them where bf16 is native)
+COMMON = ["--imgsz", "64", "--batch", "4", "--workers", "0", "--device", "cpu", "--seed", "0", "--precision", "fp32"]
 # Low starting pseudo-label thresholds, so that the barely trained teacher of a tiny run still yields
 # reliable and uncertain pseudo boxes and the unlabeled losses and the Epoch Adaptor are exercised.
 SSOD_CFG = "ssod:\n  tau1: 0.0001\n  tau2: 0.0005\n"

@@ -1,0 +1,146 @@
+"""Where a training step's time goes on a GPU: model (forward + backward), the loss's target assignment, the rest
+of the loss, and the optimizer step, per batch size and precision (fp32, AMP), from torch.profiler; and the data
+loader's img/s next to the model's, to tell a loader-bound run from a model-bound one.
+
+    python -m benchmarks.gpu_profile                  # a GPU machine: batch 16 and 64 at 640 px, fp32 and AMP
+    python -m benchmarks.gpu_profile --smoke          # any machine (CPU in CI): tiny sizes, seconds, not recorded
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from benchmarks.common import record
+from effteacher.config import LossConfig
+from effteacher.losses import detection
+from effteacher.losses.detection import DetectionLoss
+from effteacher.models.build import build_model
+
+PARTS = ("forward", "assign", "loss", "backward", "optimizer")  # the labelled regions of one step
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+@contextlib.contextmanager
+def labelled_assign() -> Iterator[None]:
+    """The loss's target assignment as its own profiler region (the loss calls it by module name)."""
+    inner = detection.assign_targets
+
+    def assign(*a: Any, **k: Any) -> Any:
+        with record_function("assign"):
+            return inner(*a, **k)
+
+    detection.assign_targets = assign
+    try:
+        yield
+    finally:
+        detection.assign_targets = inner
+
+
+def step_profile(dev: torch.device, imgsz: int, batch: int, amp: bool, steps: int) -> dict[str, float]:
+    """ms per step of each region (device time on CUDA, CPU time elsewhere; 'assign' is inside 'loss') and
+    the step's img/s measured without the profiler."""
+    torch.manual_seed(0)
+    model = build_model("n", 80).to(dev).train()
+    loss_fn = DetectionLoss(model, LossConfig(), imgsz)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    x = torch.rand(batch, 3, imgsz, imgsz, device=dev)
+    g = torch.Generator().manual_seed(0)
+    n_t = batch * 8  # 8 boxes per image
+    t = torch.cat([torch.arange(batch).repeat_interleave(8)[:, None].float(),
+                   torch.randint(0, 80, (n_t, 1), generator=g).float(),
+                   torch.rand(n_t, 2, generator=g) * 0.6 + 0.2, torch.rand(n_t, 2, generator=g) * 0.3 + 0.02], 1)
+    t = t.to(dev)
+
+    def step() -> None:
+        with torch.autocast(dev.type, enabled=amp):
+            with record_function("forward"):
+                raw = model(x)
+            with record_function("loss"):
+                loss, _ = loss_fn(raw, t)
+        with record_function("backward"):
+            scaler.scale(loss).backward()
+        with record_function("optimizer"):
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+
+    step()
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(dev)
+    rate = batch * steps / (time.perf_counter() - t0)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with labelled_assign(), profile(activities=acts) as prof:
+        for _ in range(steps):
+            step()
+        _sync(dev)
+    out = {"img/s": rate}
+    for ev in prof.key_averages():
+        if ev.key in PARTS:
+            us = getattr(ev, "device_time_total", 0.0) if dev.type == "cuda" else ev.cpu_time_total
+            out[ev.key] = us / 1000 / steps
+    return out
+
+
+def loader_rate(imgsz: int, batch: int, workers: int, n_images: int) -> float:
+    """img/s of the augmented labeled loader (mosaic, mixup, affine, HSV) on generated JPEGs, workers as given."""
+    from benchmarks.data_speed import images_per_second, make_images
+    from effteacher.config import AugmentConfig
+    from effteacher.data.loaders import LabeledDataset
+    from effteacher.data.sampling import build_loader
+
+    with tempfile.TemporaryDirectory() as tmp:
+        recs = make_images(Path(tmp), n_images)
+        return images_per_second(build_loader(LabeledDataset(recs, imgsz, AugmentConfig(), augment=True), batch,
+                                              workers, True, seed=0))
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes on any device, nothing recorded")
+    ap.add_argument("--device", default=None, help="cuda index or 'cpu' (default: cuda:0 if available)")
+    ap.add_argument("--imgsz", type=int, default=640)
+    ap.add_argument("--batches", type=int, nargs="+", default=[16, 64])
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--workers", type=int, default=8)
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.imgsz, args.batches, args.steps, args.workers = 64, [2, 4], 1, 0
+    name = args.device if args.device is not None else ("0" if torch.cuda.is_available() else "cpu")
+    dev = torch.device("cpu" if name == "cpu" else f"cuda:{name}")
+    lines = []
+    for batch in args.batches:
+        for amp in (False, True) if dev.type == "cuda" else (False,):
+            r = step_profile(dev, args.imgsz, batch, amp, args.steps)
+            ms = ", ".join(f"{k} {r[k]:.1f}" for k in PARTS if k in r)
+            lines.append(f"batch {batch} {'amp' if amp else 'fp32'}: {r['img/s']:.1f} img/s; ms/step {ms}")
+    model_rate = max(float(line.split(": ")[1].split(" img/s")[0]) for line in lines)
+    data = loader_rate(args.imgsz, max(args.batches), args.workers, 4 * max(args.batches))
+    bound = "loader-bound" if data < model_rate else "model-bound"
+    lines.append(f"loader {data:.1f} img/s ({args.workers} workers) vs best model step {model_rate:.1f} img/s: "
+                 f"{bound}")
+    for line in lines:
+        print(line, flush=True)
+    if not args.smoke:
+        record("gpu_profile", f"gpu_profile ({dev}, {args.imgsz} px): " + " | ".join(lines),
+               "- regions: forward, assign (inside loss), loss, backward, optimizer; device time on CUDA")
+    return lines
+
+
+if __name__ == "__main__":
+    main()
