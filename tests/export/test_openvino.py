@@ -21,7 +21,7 @@ from effteacher.export.runtime import load_backend
 from effteacher.models.build import build_model
 from effteacher.models.checkpoint import make_checkpoint, model_from_checkpoint, save_checkpoint
 from effteacher.models.head import DeployModel
-from effteacher.predict.predictor import run_predict
+from effteacher.predict.command import run_predict
 from effteacher.val.evaluator import run_val
 
 pytest.importorskip("openvino")
