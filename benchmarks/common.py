@@ -6,7 +6,9 @@ import datetime as _dt
 import os
 import platform
 import re
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -49,3 +51,23 @@ def record(name: str, line: str, details: str = "") -> None:
     tmp = RESULTS.with_suffix(".tmp")
     tmp.write_text(text)
     os.replace(tmp, RESULTS)
+
+
+def sync(dev: Any) -> None:
+    """Wait for a CUDA device's queued work (no-op on CPU), so a timer reads finished work."""
+    if dev.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(dev)
+
+
+def step_rate(step: Callable[[], None], steps: int, images: int, dev: Any, warmup: int = 1) -> float:
+    """Images per second of ``steps`` calls of ``step`` (``images`` per call), after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        step()
+    sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(dev)
+    return images * steps / (time.perf_counter() - t0)

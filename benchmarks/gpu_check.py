@@ -23,6 +23,8 @@ from typing import Any, Callable
 
 import torch
 
+from benchmarks.common import step_rate, sync
+
 
 @dataclass(frozen=True)
 class Sizes:
@@ -46,11 +48,6 @@ FULL = Sizes(train_images=64, val_images=16, train_imgsz=256, train_batch=16, pr
              predict_seconds=3.0)
 SMOKE = Sizes(train_images=8, val_images=2, train_imgsz=64, train_batch=4, predict_imgsz=64, predict_batches=(1, 4),
               speed_imgsz=64, speed_batch=2, speed_models=("n",), speed_steps=1, predict_seconds=0.0)
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
 Check = tuple[str, str]  # (the printed line's result, its short form in the recorded summary)
@@ -110,8 +107,8 @@ def train_tiny(folder: Path, device: str, s: Sizes) -> tuple[Path, bool, list[di
     """
     from effteacher.config import defaults_for, replace
     from effteacher.data.sample import SampleConfig, generate
-    from effteacher.utils.dist import DistContext
     from effteacher.train.trainer import Trainer
+    from effteacher.utils.dist import DistContext
 
     data = generate(folder / "data", SampleConfig(n_train=s.train_images, n_val=s.val_images, imgsz=s.train_imgsz,
                                                   min_digit=s.train_imgsz / 8, max_digit=s.train_imgsz / 2.5,
@@ -154,9 +151,9 @@ def _probe(imgsz: int, dev: torch.device, dtype: torch.dtype) -> torch.Tensor:
 def _diffs(best: Path, runtime: Callable[[torch.Tensor], torch.Tensor], imgsz: int, dev: torch.device,
            half: bool) -> tuple[float, float]:
     """Max |diff| (boxes px, scores) between the checkpoint in PyTorch and an exported runtime."""
-    from effteacher.models.checkpoint import load_checkpoint, model_from_checkpoint
     from effteacher.export.api import output_diffs
     from effteacher.export.runtime import TorchBackend
+    from effteacher.models.checkpoint import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(best)
     ref = TorchBackend(model_from_checkpoint(ckpt, dev), list(ckpt["model"]["names"]), imgsz, dev, half=half)
@@ -219,22 +216,22 @@ def _rate(fn: Callable[[], Any], images: int, dev: torch.device, seconds: float,
     """Images per second of ``fn`` (one call = ``images`` images), timed for about ``seconds``."""
     for _ in range(warmup):
         fn()
-    _sync(dev)
+    sync(dev)
     n, t0 = 0, time.perf_counter()
     while True:
         fn()
         n += 1
         if time.perf_counter() - t0 >= seconds and n >= 2:
             break
-    _sync(dev)
+    sync(dev)
     return images * n / (time.perf_counter() - t0)
 
 
 def check_predict(dev: torch.device, s: Sizes) -> Check:
     """Model + NMS throughput of an n model (nc=80, random weights) on pre-made tensors, fp16 on CUDA."""
-    from effteacher.models.postprocess import non_max_suppression
     from effteacher.export.runtime import TorchBackend
     from effteacher.models.build import build_model
+    from effteacher.models.postprocess import non_max_suppression
 
     torch.manual_seed(0)
     half = dev.type == "cuda"
@@ -272,14 +269,7 @@ def train_rate(variant: str, dev: torch.device, imgsz: int, batch: int, steps: i
         scaler.update()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(2 if steps > 1 else 1):
-        step()
-    _sync(dev)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(dev)
-    return batch * steps / (time.perf_counter() - t0)
+    return step_rate(step, steps, batch, dev, warmup=2 if steps > 1 else 1)
 
 
 def check_train_speed(dev: torch.device, s: Sizes) -> Check:

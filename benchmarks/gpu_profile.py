@@ -11,25 +11,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from benchmarks.common import record
+from benchmarks.common import record, step_rate, sync
 from effteacher.config import LossConfig
 from effteacher.losses import detection
 from effteacher.losses.detection import DetectionLoss
 from effteacher.models.build import build_model
 
 PARTS = ("forward", "assign", "loss", "backward", "optimizer")  # the labelled regions of one step
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
 @contextlib.contextmanager
@@ -77,18 +71,12 @@ def step_profile(dev: torch.device, imgsz: int, batch: int, amp: bool, steps: in
             scaler.update()
             opt.zero_grad(set_to_none=True)
 
-    step()
-    _sync(dev)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(dev)
-    rate = batch * steps / (time.perf_counter() - t0)
+    rate = step_rate(step, steps, batch, dev)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     with labelled_assign(), profile(activities=acts) as prof:
         for _ in range(steps):
             step()
-        _sync(dev)
+        sync(dev)
     out = {"img/s": rate}
     for ev in prof.key_averages():
         if ev.key in PARTS:
