@@ -5,9 +5,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Test-only: the `yolov5` package builds real YOLOv5 models for tests/models/test_yolov5_import.py. It is installed
 # without its long dependency list (ultralytics' own deps, boto3, roboflow, tensorboard, sahi ...); the
-# second list is what its models/yolo.py imports (setuptools<81 still ships pkg_resources).
-YOLOV5_TEST_PKGS := yolov5==7.0.14 ultralytics==8.4.190
-YOLOV5_TEST_DEPS := pandas requests psutil tqdm seaborn 'setuptools<81'
+# second list is what its models/yolo.py imports (setuptools<81 still ships pkg_resources). benchmarks/peer_accuracy.py
+# also runs their train entry points: yolov5.train imports roboflow (which imports requests-toolbelt, dotenv and
+# pillow_avif), ultralytics' trainer polars.
+YOLOV5_TEST_PKGS := yolov5==7.0.14 ultralytics==8.4.190 roboflow==1.7.3
+YOLOV5_TEST_DEPS := pandas requests psutil tqdm seaborn 'setuptools<81' requests-toolbelt python-dotenv \
+	'pillow-avif-plugin<2' polars
 # Test-only: the libraries labeling tools import with, for tests/labeling/test_tool_import.py: datumaro (CVAT's
 # COCO/YOLO importers) and label-studio-converter. Installed without their pins (datumaro asks for older pandas,
 # pillow and opencv than the project's); the second list is what their importers use.
