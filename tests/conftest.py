@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,3 +46,24 @@ def ssod_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                                    "--name", "ssod"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     return root / "ssod"
+
+
+_IN_SUBPROCESS = "EFFTEACHER_TEST_ISOLATED"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run a test marked ``isolated`` in a fresh pytest process: the peer packages (ultralytics, yolov5) patch
+    process-wide functions on import (PIL and OpenCV image readers, logging handlers) that later tests would meet."""
+    if pyfuncitem.get_closest_marker("isolated") is None or os.environ.get(_IN_SUBPROCESS):
+        return None
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-m", "pytest", pyfuncitem.nodeid, "-p", "no:cacheprovider", "-q"],
+                         cwd=root, env={**os.environ, _IN_SUBPROCESS: "1"}, capture_output=True, text=True)
+    if res.returncode == 5:
+        pytest.fail(f"{pyfuncitem.nodeid}: collected nothing in the subprocess")
+    if res.returncode != 0:
+        pytest.fail(res.stdout[-6000:] + res.stderr[-2000:], pytrace=False)
+    if " skipped" in res.stdout and " passed" not in res.stdout:
+        pytest.skip("skipped in its subprocess: " + res.stdout.strip().splitlines()[-1])
+    return True

@@ -42,6 +42,7 @@ def test_split_export_is_effteachers_labeled_split(tiny_data: Path, tmp_path: Pa
 
 
 @pytest.mark.slow
+@pytest.mark.isolated  # scores ultralytics in-process, which patches process-wide functions
 @pytest.mark.parametrize("kind", peer_runs.PEERS)
 def test_peer_arm_killed_resumed_and_scored(kind: str, tiny_data: Path, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
@@ -82,6 +83,7 @@ def test_peer_arm_killed_resumed_and_scored(kind: str, tiny_data: Path, tmp_path
     assert f"## peer_accuracy ({tiny_data})" in text and f"{kind} ({name}): ours mAP50-95" in text
 
 
+@pytest.mark.isolated
 def test_ultralytics_adapter_matches_its_own_nms(tmp_path: Path) -> None:
     """Scored through our layout (objectness 1) and our NMS, a yolov5nu keeps the boxes ultralytics' NMS keeps."""
     pytest.importorskip("ultralytics")

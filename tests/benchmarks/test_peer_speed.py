@@ -10,6 +10,7 @@ from benchmarks import common, peer_speed
 
 
 @pytest.mark.slow
+@pytest.mark.isolated  # imports ultralytics and yolov5, which patch process-wide functions
 def test_tiny_side_by_side(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     before = common.RESULTS.read_text()
     out = peer_speed.main(["--imgsz", "64", "--batch", "2", "--steps", "1", "--rounds", "2", "--no-record"])
