@@ -27,4 +27,4 @@ def test_demo_generator_tiny(tmp_path):
 def test_demo_profile():
     """`--data demo` trains the demo's schedule: 96 px, a fixed burn-in then SSOD, the teacher's short EMA."""
     cfg = defaults_for("demo")
-    assert (cfg.imgsz, cfg.burn_in, cfg.epochs) == (96, 200, 215) and cfg.ssod.teacher_decay == 0.99
+    assert (cfg.imgsz, cfg.burn_in, cfg.epochs) == (96, 600, 620) and cfg.ssod.teacher_decay == 0.99
