@@ -34,9 +34,9 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-# Main job: semi-supervised training on the bundled sample dataset with the default --labeled.
+# Main job: semi-supervised training on the bundled demo dataset (10% labeled) with its profile, in minutes on 2 cores.
 run: $(STAMP)
-	$(BIN)/effteacher train --data sample
+	$(BIN)/effteacher train --data demo
 
 test: $(STAMP)
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest tests

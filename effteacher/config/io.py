@@ -15,7 +15,7 @@ from effteacher.config.train import TrainConfig
 from effteacher.errors import ConfigError
 from effteacher.utils.yaml_io import read_yaml
 
-BUNDLED = ("sample", "sample-large")  # the generated datasets --data names; their YAMLs ship in effteacher/data/
+BUNDLED = ("sample", "sample-large", "demo")  # the generated datasets --data names; their YAMLs ship in effteacher/data/
 BUNDLED_DIR = Path(__file__).resolve().parents[1] / "data"
 
 

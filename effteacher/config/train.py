@@ -19,8 +19,8 @@ def parse_burn_in(text: str) -> int | str:
 class TrainConfig:
     """Everything `effteacher train` needs; written to args.yaml and stored in checkpoints."""
 
-    data: str = setting("sample", "Dataset YAML, or 'sample' / 'sample-large' for a bundled generated dataset; "
-                                  "its defaults: block sets this run's defaults.", flag="--data")
+    data: str = setting("sample", "Dataset YAML, or 'demo' / 'sample' / 'sample-large' for a bundled generated "
+                                  "dataset; its defaults: block sets this run's defaults.", flag="--data")
     model: str = setting("n", "Model: n, s, m, l, x, retina-r18 or retina-r50 (with --weights: the weights' model).",
                          flag="--model")
     labeled: str = setting("10%", "Labeled part of train: '10%', '0.1', a count '200', or a file listing the "

@@ -213,7 +213,8 @@ def load_spec(data: str | Path) -> DatasetSpec:
     yaml_path = Path(data).expanduser()
     if not yaml_path.is_file():
         raise DatasetError(f"dataset YAML '{data}' not found; pass the path of a dataset YAML "
-                           "(path/train/val/names), or 'sample' / 'sample-large' for a bundled generated dataset")
+                           "(path/train/val/names), or 'demo' / 'sample' / 'sample-large' for a bundled generated "
+                           "dataset")
     d = read_yaml(yaml_path, DatasetError, "dataset YAML")
     if not isinstance(d, dict):
         raise DatasetError(f"{yaml_path}: must be a mapping with keys path, train, val, names")

@@ -114,7 +114,7 @@ def coco_document(images: list[dict[str, Any]], annotations: list[dict[str, Any]
 def resolve_source(source: str) -> list[Path]:
     """SOURCE: a dataset YAML (its ``unlabeled`` images), or an image file, folder, glob or .txt list."""
     s = str(source)
-    if s.lower().endswith((".yaml", ".yml")) or s in ("sample", "sample-large"):
+    if s.lower().endswith((".yaml", ".yml")) or s in ("sample", "sample-large", "demo"):
         spec = load_spec(s)
         if not spec.unlabeled:
             raise DatasetError(f"{spec.yaml_path}: no 'unlabeled' entry; add unlabeled: [folder/] to the YAML or pass "

@@ -50,7 +50,7 @@ def test_bundled_profiles_unchanged():
     assert defaults_for("sample-large") == replace(TrainConfig(), **SAMPLE_LARGE)
 
 
-@pytest.mark.parametrize("name", ["sample", "sample-large"])
+@pytest.mark.parametrize("name", ["sample", "sample-large", "demo"])
 def test_repo_yaml_is_the_shipped_one(name):
     """--data data/sample.yaml and --data sample train identically: the repo's YAML is the packaged one."""
     repo = ROOT / "data" / f"{name}.yaml"
