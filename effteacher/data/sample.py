@@ -24,7 +24,7 @@ from sklearn.datasets import load_digits
 
 from effteacher.errors import DatasetError
 from effteacher.utils.console import console, info
-from effteacher.utils.files import default_cache_dir
+from effteacher.utils.files import default_cache_dir, file_lock
 
 SAMPLE_DIR = "sample-v2"
 FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_PLAIN, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX,
@@ -304,6 +304,15 @@ def ensure_sample(root: str | Path | None = None, cfg: SampleConfig = SampleConf
     marker = root / ".complete"
     if marker.is_file() and marker.read_text() == params:
         return root / cfg.yaml_name
+    with file_lock(root.parent / f".{root.name}.lock"):  # one generator at a time; the others then find it done
+        if marker.is_file() and marker.read_text() == params:
+            return root / cfg.yaml_name
+        return _generate_into(root, cfg, params)
+
+
+def _generate_into(root: Path, cfg: SampleConfig, params: str) -> Path:
+    """Generate ``cfg`` into ``root`` via a partial folder renamed into place (the caller holds the lock)."""
+    marker = root / ".complete"
     if root.exists():
         if marker.is_file():  # ours, generated with other parameters
             shutil.rmtree(root)

@@ -129,6 +129,7 @@ def flip_ensemble_predict(
     smax = int(net.stride.max().item())
     if x.shape[-1] % smax:
         raise ValueError(f"flip_ensemble_predict: image width {x.shape[-1]} is not a multiple of stride {smax}")
-    raw = net(x)
-    raw_f = [mirror_raw(r) for r in net(x.flip(-1))]
-    return 0.5 * (decode_fn(raw, net.anchors, net.stride) + decode_fn(raw_f, net.anchors, net.stride))
+    raw = [r.float() for r in net(x)]  # decoded in fp32 also when the network ran under autocast
+    raw_f = [mirror_raw(r.float()) for r in net(x.flip(-1))]
+    with torch.autocast(x.device.type, enabled=False):
+        return 0.5 * (decode_fn(raw, net.anchors, net.stride) + decode_fn(raw_f, net.anchors, net.stride))

@@ -77,7 +77,8 @@ class SupervisedPhase:
         imgs, targets, paths, _ = batch
         x, targets = p.to_input(imgs), targets.to(p.device)
         with p.autocast():
-            loss, items = p.loss_sup(p.train_model(x), targets)
+            raw = p.train_model(x)
+        loss, items = p.loss_sup([r.float() for r in raw], targets)  # the loss in fp32 (bf16 boxes are too coarse)
         if epoch == p.progress.start_epoch and i < 3 and self.run.ctx.is_main:
             plot_images(imgs, targets.cpu(), paths, self.run.data.names, self.run.run_dir / f"train_batch{i}.jpg")
         return Step(loss, {"box": items["box"], "obj": items["obj"], "cls": items["cls"]}, targets.shape[0], x.shape[-1])

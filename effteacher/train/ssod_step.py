@@ -27,14 +27,14 @@ def teacher_predict(teacher: nn.Module, x_w: torch.Tensor, s: SSODConfig, floor:
     with ``soft_cls``), NMS class-aware or class-agnostic (``s.agnostic_nms``), scores above ``floor``; and,
     with ``s.dense_topk``, the teacher's raw per-level logits (without the flip ensemble) for dense targets."""
     raw = None
-    with autocast(x_w.device, dtype):
+    with autocast(x_w.device, dtype):  # the network in ``dtype``; boxes are decoded from fp32 outputs
         if s.dense_topk > 0 or not s.flip_teacher:
             raw = [r.float() for r in teacher(x_w)]
         if s.flip_teacher:
             pred = flip_ensemble_predict(teacher, x_w)
-        else:
-            assert raw is not None
-            pred = decode(raw, teacher.anchors, teacher.stride)
+    if not s.flip_teacher:
+        assert raw is not None
+        pred = decode(raw, teacher.anchors, teacher.stride)
     dets = non_max_suppression(pred.float(), conf_thres=floor, iou_thres=s.nms_iou, agnostic=s.agnostic_nms,
                                return_obj=True, max_det=300, return_probs=s.soft_cls)
     return dets, (raw if s.dense_topk > 0 else None)
@@ -106,21 +106,22 @@ def student_losses(model: nn.Module, loss_sup: Any, state: SSODState, s: SSODCon
     With ``inp.dense`` the unlabeled objectness and class losses come from the teacher's dense maps
     (``state.loss_unsup`` then carries only the box loss)."""
     x_l, x_s, bl = inp.x_l, inp.x_s, inp.x_l.shape[0]
-    with autocast(x_l.device, dtype):
+    with autocast(x_l.device, dtype):  # the network only: losses run in fp32
         raw, feats = model(torch.cat([x_l, x_s], 0), return_features=True)
-        loss_l, items_l = loss_sup([r[:bl] for r in raw], inp.targets_l)
-        expected = state.labeled_density * x_s.shape[0] if s.density_norm else None
-        loss_u, items_u = state.loss_unsup([r[bl:] for r in raw], inp.targets_u, expected_targets=expected)
-        if inp.dense is not None:
-            dense = inp.dense
-            dobj, dcls = dense_loss([r[bl:] for r in raw], dense[0], dense[1], dense[2], dense[3])
-            loss_u = loss_u + (dobj + dcls) * x_s.shape[0]
-            items_u = {**items_u, "obj": dobj.detach(), "cls": dcls.detach()}
-        loss = loss_l + s.lambda_u * loss_u
-        da = torch.zeros((), device=x_l.device)
-        if state.disc is not None:
-            da = domain_loss(state.disc, [f[:bl] for f in feats], [f[bl:] for f in feats]) * bl
-            loss = loss + s.lambda_da * inp.da_weight * da
+    raw, feats = [r.float() for r in raw], [f.float() for f in feats]
+    loss_l, items_l = loss_sup([r[:bl] for r in raw], inp.targets_l)
+    expected = state.labeled_density * x_s.shape[0] if s.density_norm else None
+    loss_u, items_u = state.loss_unsup([r[bl:] for r in raw], inp.targets_u, expected_targets=expected)
+    if inp.dense is not None:
+        dense = inp.dense
+        dobj, dcls = dense_loss([r[bl:] for r in raw], dense[0], dense[1], dense[2], dense[3])
+        loss_u = loss_u + (dobj + dcls) * x_s.shape[0]
+        items_u = {**items_u, "obj": dobj.detach(), "cls": dcls.detach()}
+    loss = loss_l + s.lambda_u * loss_u
+    da = torch.zeros((), device=x_l.device)
+    if state.disc is not None:
+        da = domain_loss(state.disc, [f[:bl] for f in feats], [f[bl:] for f in feats]) * bl
+        loss = loss + s.lambda_da * inp.da_weight * da
     items = {"box": items_l["box"], "obj": items_l["obj"], "cls": items_l["cls"], "ubox": items_u["box"],
              "uobj": items_u["obj"], "ucls": items_u["cls"], "da": da.detach() / bl}
     return StudentLosses(loss, items)

@@ -60,6 +60,28 @@ def make_run_dir(project: str | Path, name: str, exist_ok: bool = False) -> tupl
             # another process took this name first: take the next one
 
 
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block; waits while another process holds
+    it. Where the platform or file system has no locks the block runs unlocked."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        locked = False
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                locked = True
+            except OSError:
+                pass
+        yield
+    finally:
+        if locked:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 class RunLock:
     """An exclusive lock on a run folder: ``flock`` on RUN/.lock, which holds the owner's PID.
 

@@ -1,5 +1,6 @@
 """The bundled sample dataset generator: deterministic, right counts, valid labels, generated once."""
 
+import multiprocessing as mp
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +102,25 @@ def test_sample_large_profile_tiny(tmp_path):
     assert len(tr) + len(va) == len(bank[0]) and not (tr[:, None, :] == va[None, :, :]).all(2).any()
     assert all(set(p[1].tolist()) == set(range(10)) for p in parts.values())  # every digit on both sides
     assert split_bank(bank, False)["val"] is bank
+
+
+def _generate_after(barrier, root, out):
+    barrier.wait()
+    out.put(str(ensure_sample(root, TINY)))
+
+
+def test_concurrent_generation_of_one_dataset(tmp_path):
+    """Runs started together after the dataset's settings changed: one regenerates it, the others wait for it,
+    none removes the folder another has just made."""
+    ensure_sample(tmp_path / "same", SampleConfig(n_train=8, n_val=4, imgsz=128, background_frac=0.2, seed=1))
+    ctx = mp.get_context("fork")
+    barrier, out = ctx.Barrier(3), ctx.Queue()
+    procs = [ctx.Process(target=_generate_after, args=(barrier, tmp_path / "same", out)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert {out.get(timeout=5) for _ in procs} == {str(tmp_path / "same" / "sample.yaml")}
+    assert (tmp_path / "same" / ".complete").is_file() and not list(tmp_path.glob(".same.partial-*"))
+    assert len(resolve_images(load_spec(tmp_path / "same" / "sample.yaml").train)) == TINY.n_train

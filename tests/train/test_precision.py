@@ -73,3 +73,35 @@ def test_training_step_follows_precision_and_channels_last(tiny_data, tmp_path, 
         assert raw[0].dtype == (dtype or torch.float32)
         loss, _ = p.loss_sup(raw, torch.tensor([[0, 0, 0.5, 0.5, 0.2, 0.2]]))
         assert loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+def test_losses_run_in_fp32_under_bf16(tiny_data, tmp_path, with_bf16: None) -> None:
+    """bf16 is for the network only: the supervised and the SSOD step hand fp32 outputs to their losses (box
+    regression in bf16 has 8 bits of mantissa: a 1-pixel step at 256 px)."""
+    from effteacher.config import defaults_for, replace
+    from effteacher.train.trainer import Trainer
+    from effteacher.utils.dist import DistContext
+
+    cfg = replace(defaults_for("sample"), data=str(tiny_data), imgsz=64, batch=2, workers=0, labeled="50%",
+                  epochs=2, burn_in=1, project=str(tmp_path), name="bf16", precision="bf16", channels_last=True)
+    tr = Trainer(cfg, DistContext.from_env("cpu"))
+    tr.setup()
+    seen: list[torch.dtype] = []
+
+    def spy(loss):
+        def call(preds, *a, **k):
+            seen.extend(p.dtype for p in preds)
+            return loss(preds, *a, **k)
+        return call
+
+    p = tr.parts
+    p.loss_sup = spy(p.loss_sup)  # type: ignore[method-assign]
+    sup = tr.phase_for(0)
+    sup.step(next(iter(sup.loader())), 0, 0)
+    assert seen and set(seen) == {torch.float32}
+    seen.clear()
+    ssod = tr.phase_for(1)
+    ssod.state.loss_unsup = spy(ssod.state.loss_unsup)
+    step = ssod.step(next(iter(ssod.loader())), 1, 0)
+    assert seen and set(seen) == {torch.float32} and torch.isfinite(step.loss)
+    tr.close()
