@@ -5,7 +5,7 @@ augmentation, loss, optimizer, EMA, progress bar); the bare figure is the same m
 optimizer on pre-made tensors. FLOP utilisation = training GFLOPs per image (3 x forward) x img/s
 over this machine's measured conv GFLOPS.
 
-    python -m benchmarks.train_speed [--sizes 320 640] [--batch 8] [--steps 6]
+    python -m benchmarks.train_speed [--sizes 320 640] [--batch 8] [--steps 6] [--precisions fp32 auto]
 """
 
 from __future__ import annotations
@@ -89,9 +89,11 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[320, 640])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "auto"], help="training precisions to compare")
     args = ap.parse_args()
 
     from effteacher.data.sample import SampleConfig, generate
+    from effteacher.train.precision import cpu_has_bf16
 
     machine_gflops = conv_gflops()
     parts, details = [], []
@@ -99,33 +101,40 @@ def main() -> None:
         for imgsz in args.sizes:
             n_img = args.batch * args.steps
             data = generate(Path(tmp) / f"d{imgsz}", SampleConfig(n_train=n_img, n_val=4, imgsz=imgsz), progress=False)
-            tr = make_trainer(data, imgsz, args.batch, True, Path(tmp) / "runs")
-            timed_epoch(tr, tr.burn_in, 0)  # warm-up: workers, allocator
-            engine = n_img / timed_epoch(tr, tr.burn_in, 1)
-            bare = bare_loop(tr, imgsz, args.batch, args.steps)
-            gf = forward_gflops(tr.parts.model, imgsz)
-            util = gf * 3 * engine / machine_gflops
-            parts.append(f"n@{imgsz}: engine {engine:.2f} img/s, bare {bare:.2f} img/s ({engine / bare:.0%}), "
-                         f"util {util:.0%}")
-            details.append(f"- n @ {imgsz}: {gf:.2f} forward GFLOPs/img; engine {engine:.2f} img/s vs bare loop "
-                           f"{bare:.2f} img/s = {engine / bare:.2f}x; implied {gf * 3 * engine:.1f} GFLOPS of "
-                           f"{machine_gflops:.1f} measured conv GFLOPS ({util:.0%})")
+            for prec in args.precisions:
+                tr = make_trainer(data, imgsz, args.batch, True, Path(tmp) / f"runs-{prec}", prec)
+                timed_epoch(tr, tr.burn_in, 0)  # warm-up: workers, allocator
+                engine = n_img / timed_epoch(tr, tr.burn_in, 1)
+                with tr.parts.autocast():
+                    bare = bare_loop(tr, imgsz, args.batch, args.steps)
+                gf = forward_gflops(tr.parts.model, imgsz)
+                util = gf * 3 * engine / machine_gflops
+                parts.append(f"n@{imgsz} {prec}: engine {engine:.2f} img/s, bare {bare:.2f} img/s "
+                             f"({engine / bare:.0%}), util {util:.0%}")
+                details.append(f"- n @ {imgsz}, precision {prec}: {gf:.2f} forward GFLOPs/img; engine {engine:.2f} "
+                               f"img/s vs bare loop {bare:.2f} img/s = {engine / bare:.2f}x; implied "
+                               f"{gf * 3 * engine:.1f} GFLOPS of {machine_gflops:.1f} measured fp32 conv GFLOPS "
+                               f"({util:.0%})")
+                tr.close()
         # SSOD step cost vs a supervised step with the same labeled batch, at the smallest size.
         imgsz = min(args.sizes)
         data = Path(tmp) / f"d{imgsz}" / "sample.yaml"
-        tr = make_trainer(data, imgsz, args.batch, False, Path(tmp) / "runs")
-        timed_epoch(tr, tr.burn_in, 0)
-        sup_step = timed_epoch(tr, tr.burn_in, 0) / len(tr.parts.labeled_loader)
-        ssod = tr.phase_for(tr.parts.plan.burn)  # the hand-over
-        timed_epoch(tr, ssod, 1)
-        ssod_step = timed_epoch(tr, ssod, 2) / len(ssod.loader())
-        ratio = ssod_step / sup_step
-        parts.append(f"SSOD step {ratio:.2f}x supervised")
-        details.append(f"- SSOD step at {imgsz} px (batch {args.batch} labeled + {args.batch} unlabeled, teacher "
-                       f"forward, domain discriminator): {ssod_step:.2f} s vs supervised step {sup_step:.2f} s = "
-                       f"{ratio:.2f}x (target <= 2.5x)")
+        for prec in args.precisions:
+            tr = make_trainer(data, imgsz, args.batch, False, Path(tmp) / f"runs-ssod-{prec}", prec)
+            timed_epoch(tr, tr.burn_in, 0)
+            sup_step = timed_epoch(tr, tr.burn_in, 0) / len(tr.parts.labeled_loader)
+            ssod = tr.phase_for(tr.parts.plan.burn)  # the hand-over
+            timed_epoch(tr, ssod, 1)
+            ssod_step = timed_epoch(tr, ssod, 2) / len(ssod.loader())
+            ratio = ssod_step / sup_step
+            parts.append(f"SSOD step {prec} {ssod_step:.2f} s = {ratio:.2f}x supervised")
+            details.append(f"- SSOD step at {imgsz} px, precision {prec} (batch {args.batch} labeled + {args.batch} "
+                           f"unlabeled, teacher forward, domain discriminator): {ssod_step:.2f} s vs supervised step "
+                           f"{sup_step:.2f} s = {ratio:.2f}x (target <= 2.5x)")
+            tr.close()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    details.append(f"- peak RSS of the benchmark process: {rss:.0f} MB (loader workers not included)")
+    details.append(f"- CPU bf16: {'native (auto = bf16)' if cpu_has_bf16() else 'none (auto = fp32)'}; peak RSS of "
+                   f"the benchmark process: {rss:.0f} MB (loader workers not included)")
     record("train_speed", "train_speed: " + "; ".join(parts) + f"; peak RSS {rss:.0f} MB", "\n".join(details))
 
 
