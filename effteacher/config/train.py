@@ -49,10 +49,11 @@ class TrainConfig:
     tensorboard: bool = setting(True, "TensorBoard event files in the run folder (view with `tensorboard --logdir "
                                       "runs/train`).", flag="--tensorboard/--no-tensorboard")
     precision: Literal["auto", "fp32", "bf16"] = setting(
-        "fp32", "CPU training precision: auto = bf16 autocast where the CPU has native bf16 (avx512_bf16 / amx), "
-                "else fp32; fp32; bf16 (falls back to fp32 with a warning on a CPU without it). Validation stays "
-                "fp32; CUDA uses amp.", flag="--precision")
-    channels_last: bool = setting(False, "Channels-last memory format for the model and its inputs in training.")
+        "auto", "CPU training precision: auto = bf16 autocast of the network where the CPU has native bf16 "
+                "(avx512_bf16 / amx), else fp32; fp32; bf16 (falls back to fp32 with a warning on a CPU without "
+                "it). Losses, validation and export stay fp32; CUDA uses amp.", flag="--precision")
+    channels_last: bool = setting(False, "Channels-last memory format for the model and its inputs in training "
+                                         "(faster on CPU, but its runs learned slower: see docs/benchmarks.md).")
     patience: int = setting(100, "Early-stop patience in epochs.",
                             count(1, "epochs without improvement before stopping; a large value turns it off"),
                             flag="--patience")
