@@ -56,7 +56,7 @@ class EpochEnd:
     def validate(self, o: EpochOutcome, auto: bool, last: bool) -> None:
         """Validate the EMA (the teacher in SSOD) on SSOD epochs, every val_every epochs, the last and the hand-over."""
         p, plan = self.parts, self.parts.plan
-        every = val_every_auto(self.cfg.sched, plan.nb_burn) if auto else self.cfg.val_every
+        every = val_every_auto(self.cfg.sched, plan.nb_burn) if auto or plan.polishing() else self.cfg.val_every
         if not (o.ssod_epoch or (o.epoch + 1) % every == 0 or last or o.epoch + 1 == plan.burn):
             return
         assert p.evaluator is not None
@@ -76,9 +76,14 @@ class EpochEnd:
             return
         plan.reason = reason
         plan.set_burn(o.epoch + 1)
-        what = "hand-over to SSOD" if p.ssod is not None else "supervised training done"
+        if p.ssod is not None:
+            what = "hand-over to SSOD"
+        elif plan.polishing():
+            what = f"plateau: polishing for {plan.last_epoch() - plan.burn} epochs with a decaying LR"
+        else:
+            what = "supervised training done"
         info(f"{what} after epoch {o.epoch + 1} ({p.progress.iteration} iterations): {reason}")
-        o.decided_stop = p.ssod is None
+        o.decided_stop = p.ssod is None and not plan.polishing()
 
     def log(self, o: EpochOutcome) -> None:
         """The results.csv row and the epoch's summary lines."""
@@ -109,7 +114,7 @@ class EpochEnd:
     def early_stop(self, o: EpochOutcome, auto: bool) -> None:
         """--patience epochs without a better validation (the SSOD phase's clock starts at the hand-over)."""
         p = self.parts
-        handover = p.plan.burn if p.ssod is not None else None
+        handover = p.plan.burn if p.ssod is not None or p.plan.polishing() else None  # polishing: its own clock
         o.early = not auto and patience_out(o.epoch, p.progress.best_epoch, self.cfg.patience, handover)
         if o.early:
             info(f"stopping early: no better validation in the last {self.cfg.patience} epochs (--patience; best at "

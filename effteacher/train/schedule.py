@@ -178,15 +178,17 @@ class EpochPlan:
         return burn * self.nb_burn + (epoch - burn) * self.nb_ssod
 
     def set_burn(self, burn: int) -> None:
-        """Burn-in length known: the last epoch and the LR schedule follow (SSOD phase: ssod_factor x burn-in).
+        """Burn-in length known: the last epoch and the LR schedule follow (SSOD phase: ssod_factor x burn-in;
+        a supervised auto run's polishing: polish_factor x its plateau).
 
         Fixed schedules decay the LR from the first step (YOLOv5); an auto burn-in keeps it constant
-        until the hand-over and decays it over the SSOD phase.
+        until the hand-over (or plateau) and decays it over the SSOD (or polishing) phase.
         """
         cfg = self.cfg
         self.burn = int(burn)
-        if not self.ssod:
-            self.end = self.burn
+        if not self.ssod:  # a supervised auto schedule may polish after its plateau (sched.polish_factor)
+            polish = math.ceil(cfg.sched.polish_factor * self.burn) if self.auto else 0
+            self.end = self.burn + polish
         elif cfg.epochs > 0:
             self.end = cfg.epochs
         else:
@@ -219,6 +221,10 @@ class EpochPlan:
         if self.end is None:
             return max(self.cfg.sched.min_steps // 2, 1)
         return max(self.iters_until(self.end) // 4, 1)
+
+    def polishing(self) -> bool:
+        """A supervised auto schedule that goes on after its plateau with a decaying LR."""
+        return not self.ssod and self.auto and self.burn is not None and self.end is not None and self.end > self.burn
 
     def in_burn_in(self, epoch: int) -> bool:
         return self.burn is None or epoch < self.burn

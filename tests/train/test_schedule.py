@@ -58,6 +58,25 @@ def test_fixed_plan_keeps_yolov5_schedule_and_epoch_caps():
     assert auto_capped.bounds[1] == 11  # --epochs 12 leaves at least one SSOD epoch
 
 
+def test_supervised_auto_plan_polishes_after_its_plateau():
+    """sched.polish_factor: a supervised auto run goes on after the plateau with the LR decaying from lr0 to lrf
+    over polish_factor x the plateau's iterations; 0 stops at the plateau, and fixed runs never polish."""
+    cfg = TrainConfig(epochs=0, sched=replace(S, polish_factor=0.5))
+    p = EpochPlan(cfg, ssod=False, nb_burn=4, nb_ssod=4)
+    assert not p.polishing()
+    p.set_burn(100)  # plateau after 400 iterations
+    assert (p.burn, p.end, p.last_epoch()) == (100, 150, 150) and p.polishing()
+    assert p.lr_span == (600, 400)  # constant until the plateau, then linear over the 200 polishing iterations
+    stop = EpochPlan(replace(cfg, sched=S), ssod=False, nb_burn=4, nb_ssod=4)
+    stop.set_burn(100)
+    assert stop.end == 100 and not stop.polishing()
+    fixed = EpochPlan(replace(cfg, epochs=30), ssod=False, nb_burn=4, nb_ssod=4)
+    assert fixed.end == 30 and not fixed.polishing()
+    resumed = EpochPlan(cfg, ssod=False, nb_burn=4, nb_ssod=4)
+    resumed.resume(100)  # last.pt's burn_epochs: the same plan again
+    assert (resumed.end, resumed.lr_span) == (150, (600, 400)) and resumed.polishing()
+
+
 def test_patience_clock_restarts_at_the_hand_over():
     """Regression: the small sample (4-iteration labeled epochs) had its best burn-in validation at epoch 1102 and
     handed over at 1254; counting --patience 100 from the burn-in's best stopped it after one SSOD epoch."""

@@ -225,6 +225,26 @@ def test_auto_burn_in_hands_over_on_plateau_and_resume_keeps_it(tiny_data, tmp_p
     assert torch.load(again / "weights/last.pt", weights_only=True)["train_state"]["burn_epochs"] == burn["epoch"]
 
 
+@pytest.mark.slow
+def test_supervised_auto_run_polishes_after_its_plateau(tiny_data, tmp_path):
+    """--supervised with sched.polish_factor: the plateau is logged and training goes on for the polishing epochs
+    with a decaying LR (last.pt keeps the plateau epoch, from which a resumed run rebuilds the same plan)."""
+    cfg = tmp_path / "sched.yaml"
+    cfg.write_text("sched: {min_steps: 2, max_steps: 6, patience_steps: 2, val_steps: 1, polish_factor: 1.0}\n")
+    res = _train(["--data", str(tiny_data), "--supervised", "--labeled", "50%", "--epochs", "0", *TINY, "--cfg",
+                  str(cfg), "--patience", "2", "--project", str(tmp_path), "--name", "polish"])
+    assert res.exit_code == 0, res.output
+    assert "plateau: polishing for" in res.output
+    run = tmp_path / "polish"
+    burn = torch.load(run / "weights/last.pt", weights_only=True)["train_state"]["burn_epochs"]
+    rows = _rows(run)
+    # as many polishing epochs again (one iteration each), --patience counting from the plateau
+    assert len(rows) == 2 * burn
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[burn - 1] > lrs[-1] and lrs[-1] == pytest.approx(min(lrs))
+    assert all(a >= b for a, b in zip(lrs[burn - 1:], lrs[burn:]))
+
+
 def _invoke(args: list[str], **kw):
     return CliRunner().invoke(app, args, **kw)
 
