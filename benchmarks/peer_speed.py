@@ -203,6 +203,11 @@ def engine_rates(data: Path, imgsz: int, batch: int, steps: int, rounds: int, tm
     return out
 
 
+def default_name() -> str:
+    """The entry that trains as `effteacher train` does by default (precision auto, contiguous)."""
+    return "effteacher n bf16" if cpu_has_bf16() else "effteacher n fp32"
+
+
 def mmm(v: list[float]) -> str:
     return f"{statistics.median(v):.2f} [{min(v):.2f}-{max(v):.2f}]"
 
@@ -217,6 +222,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--no-engine", action="store_true", help="skip the Trainer epochs")
     ap.add_argument("--no-record", action="store_true", help="print only, do not write RESULTS.md")
     args = ap.parse_args(argv)
+    load0 = os.getloadavg()[0]
 
     from effteacher.data.sample import SampleConfig, generate
 
@@ -254,14 +260,15 @@ def report(entries: list[Entry], engine: dict[str, list[float]], args: argparse.
     best = max(ours, key=med.__getitem__)
     ratios = []
     for peer in (n for n in med if not n.startswith("effteacher")):
-        for mine in dict.fromkeys(("effteacher n fp32", best)):
+        for mine in dict.fromkeys(n for n in ("effteacher n fp32", default_name(), best) if n in med):
             raw = med[mine] / med[peer]
             per = raw * gfl[mine] / gfl[peer]  # img/s per GFLOP: the same work normalised by model size
             ratios.append(f"{mine.removeprefix('effteacher n ')} vs {peer}: {raw:.2f}x raw, {per:.2f}x per GFLOP")
     line = f"peer_speed ({args.imgsz} px, batch {args.batch}, train img/s medians): " + "; ".join(
         f"{n} {v:.1f}" for n, v in med.items()) + (" | " + "; ".join(ratios) if ratios else "")
     if not args.no_record:
-        record("peer_speed", line, "\n".join(lines + ["- the machine was shared with other jobs during the run"]))
+        load = f"- load average (1 min) when the run started: {load0:.1f} on {os.cpu_count()} CPUs"
+        record("peer_speed", line, "\n".join(lines + [load]))
     else:
         print(line)
         print("\n".join(lines))
