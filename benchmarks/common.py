@@ -71,3 +71,11 @@ def step_rate(step: Callable[[], None], steps: int, images: int, dev: Any, warmu
         step()
     sync(dev)
     return images * steps / (time.perf_counter() - t0)
+
+
+def parse_arms(text: str, allowed: Any) -> list[str]:
+    """``--arms a,b`` as a list, or exit with one line naming the unknown arms and the allowed ones."""
+    arms = [a for a in text.split(",") if a]
+    if unknown := set(arms) - set(allowed):
+        raise SystemExit(f"--arms: unknown {sorted(unknown)}; choose from {', '.join(allowed)}")
+    return arms

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.branch import branch, rows, run_arm, wall_s
-from benchmarks.common import record
+from benchmarks.common import parse_arms, record
 from benchmarks.ssod_gain import MAP, best
 
 ARMS = ("ssod", "ctrl", "sup")
@@ -170,10 +170,7 @@ def main() -> None:
     if a.record:
         summarise(a.project, a.data)
         return
-    which = [w for w in a.arms.split(",") if w]
-    unknown = set(which) - set(ARMS)
-    if unknown:
-        raise SystemExit(f"--arms: unknown {sorted(unknown)}; choose from {', '.join(ARMS)}")
+    which = parse_arms(a.arms, ARMS)
     base = base_config(a.data, a.cfg, a.workers)
     for seed in (int(s) for s in a.seeds.split(",") if s.strip()):
         train_arms(a.project, base, seed, which)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.branch import branch, rows, run_arm, wall_s
-from benchmarks.common import record
+from benchmarks.common import parse_arms, record
 from benchmarks.peer_runs import PEERS, UltralyticsBackend, export_split, run_peer, yolov5_hyp
 
 ARMS = (*PEERS, "sup", "ssod", "ctrl")
@@ -211,10 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if a.record:
         seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else [a.seed]
         return summarise(project, a.data, a.labeled, seeds, a.device, a.max_epochs or a.epochs, a.imgsz)
-    which = [w for w in a.arms.split(",") if w]
-    unknown = set(which) - set(ARMS)
-    if unknown:
-        raise SystemExit(f"--arms: unknown {sorted(unknown)}; choose from {', '.join(ARMS)}")
+    which = parse_arms(a.arms, ARMS)
     train_arms(project, a.data, a.labeled, a.seed, which, a)
     return None
 

@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--no-engine", action="store_true", help="skip the Trainer epochs")
     ap.add_argument("--no-record", action="store_true", help="print only, do not write RESULTS.md")
     args = ap.parse_args(argv)
-    load0 = os.getloadavg()[0]
+    args.load0 = os.getloadavg()[0]  # quoted in the record: was the machine idle?
 
     from effteacher.data.sample import SampleConfig, generate
 
@@ -267,7 +267,7 @@ def report(entries: list[Entry], engine: dict[str, list[float]], args: argparse.
     line = f"peer_speed ({args.imgsz} px, batch {args.batch}, train img/s medians): " + "; ".join(
         f"{n} {v:.1f}" for n, v in med.items()) + (" | " + "; ".join(ratios) if ratios else "")
     if not args.no_record:
-        load = f"- load average (1 min) when the run started: {load0:.1f} on {os.cpu_count()} CPUs"
+        load = f"- load average (1 min) when the run started: {getattr(args, 'load0', float('nan')):.1f} on {os.cpu_count()} CPUs"
         record("peer_speed", line, "\n".join(lines + [load]))
     else:
         print(line)

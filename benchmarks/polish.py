@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.branch import branch, rows
-from benchmarks.common import record
+from benchmarks.common import parse_arms, record
 from benchmarks.ssod_gain import MAP, band, best
 
 ARMS = ("polish", "ctrl")
@@ -93,10 +93,7 @@ def main() -> None:
     if a.record:
         summarise(a.src)
         return
-    arms = [x for x in a.arms.split(",") if x]
-    if unknown := set(arms) - set(ARMS):
-        raise SystemExit(f"--arms: unknown {sorted(unknown)}; choose from {', '.join(ARMS)}")
-    train(a.src, arms, a.workers)
+    train(a.src, parse_arms(a.arms, ARMS), a.workers)
 
 
 if __name__ == "__main__":

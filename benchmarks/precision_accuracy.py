@@ -15,10 +15,9 @@ from __future__ import annotations
 import argparse
 import statistics
 from pathlib import Path
-from typing import Any
 
 from benchmarks.branch import rows, run_arm
-from benchmarks.common import record
+from benchmarks.common import parse_arms, record
 from benchmarks.ssod_gain import MAP, best
 
 ARMS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "fp32cl": ("fp32", True), "bf16cl": ("bf16", True)}
@@ -91,10 +90,7 @@ def main() -> None:
     if a.record:
         summarise(a.project)
         return
-    arms = [x for x in a.arms.split(",") if x]
-    if unknown := set(arms) - set(ARMS):
-        raise SystemExit(f"--arms: unknown {sorted(unknown)}; choose from {', '.join(ARMS)}")
-    train(a.project, arms, [int(s) for s in a.seeds.split(",") if s.strip()], a.workers)
+    train(a.project, parse_arms(a.arms, ARMS), [int(s) for s in a.seeds.split(",") if s.strip()], a.workers)
 
 
 if __name__ == "__main__":
