@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,20 @@ from effteacher.train.parts import TrainParts
 from effteacher.train.ssod_state import SSOD_STATE_KEYS
 
 
+LAST_EVERY_S = 30.0  # last.pt after an epoch without validation: at most this often (demo epochs last 0.4 s)
+
+
 class Checkpointer:
-    """Collects each part's state into weights/*.pt and gives it back on resume."""
+    """Collects each part's state into weights/*.pt and gives it back on resume.
+
+    last.pt is written after every validated epoch, the hand-over and the last epoch, and otherwise when
+    ``LAST_EVERY_S`` seconds have passed since the previous one: a killed run loses at most that much work,
+    and runs with sub-second epochs do not spend a third of their time writing checkpoints.
+    """
 
     def __init__(self, wdir: Path, cfg: TrainConfig, names: list[str], parts: TrainParts) -> None:
         self.wdir, self.cfg, self.names, self.parts = wdir, cfg, names, parts
+        self.last_saved = time.monotonic()
 
     def which(self, epochs_done: int) -> str:
         """What the EMA is after ``epochs_done`` epochs: the teacher once an SSOD run has handed over."""
@@ -37,8 +47,13 @@ class Checkpointer:
             "handover_reason": plan.reason, "finished": finished,
         }
 
-    def save(self, epoch: int, metrics: dict[str, float], is_best: bool, finished: bool = False) -> None:
+    def save(self, epoch: int, metrics: dict[str, float], is_best: bool, finished: bool = False,
+             validated: bool = True) -> None:
         p, cfg = self.parts, self.cfg
+        handover = p.ssod is not None and epoch + 1 == p.plan.burn
+        if not (validated or finished or handover or time.monotonic() - self.last_saved >= LAST_EVERY_S):
+            return
+        self.last_saved = time.monotonic()
         which = self.which(epoch + 1)
         extra = None
         if which == "teacher" and p.ssod is not None:  # the teacher's tau1/tau2: read by `effteacher pseudo` and `rank`
@@ -47,7 +62,7 @@ class Checkpointer:
         deploy = make_checkpoint(p.ema.module, self.names, cfg.imgsz, which, epoch + 1, metrics, to_dict(cfg), extra)
         state = self.train_state(epoch, finished)
         save_checkpoint(self.wdir / "last.pt", {**deploy, "train_state": state})
-        if p.ssod is not None and epoch + 1 == p.plan.burn:  # the burn-in state, to branch SSOD variants from
+        if handover:  # the burn-in state, to branch SSOD variants from
             save_checkpoint(self.wdir / "burn_in.pt", {**deploy, "train_state": state})
         if is_best:
             save_checkpoint(self.wdir / "best.pt", deploy)

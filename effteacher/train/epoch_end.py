@@ -132,7 +132,7 @@ class EpochEnd:
 
     def save(self, o: EpochOutcome) -> None:
         is_best = o.validated and o.fitness == self.parts.progress.best_fitness
-        self.checkpointer.save(o.epoch, o.metrics, is_best, o.finished)
+        self.checkpointer.save(o.epoch, o.metrics, is_best, o.finished, o.validated)
 
 
 def warn_pseudo(means: dict[str, Any], per_img_labeled: float) -> None:
