@@ -32,6 +32,7 @@ import yaml
 
 from benchmarks.branch import _done, _elapsed, _track
 from effteacher.export.backend import Backend
+from effteacher.utils.files import file_lock
 
 PEERS = ("yolov5", "ultralytics")
 
@@ -39,7 +40,18 @@ PEERS = ("yolov5", "ultralytics")
 def export_split(data: str, labeled: str, seed: int, out: Path) -> Path:
     """Write effteacher's labeled split of ``data`` (the split ``train --labeled L --seed S`` makes) as a YOLO
     dataset in ``out``: labeled train images (symlinks) and the val images, labels written from the records
-    effteacher read, no unlabeled image. Returns its YAML; ``out/split`` holds effteacher's split manifest."""
+    effteacher read, no unlabeled image. Returns its YAML; ``out/split`` holds effteacher's split manifest.
+
+    Arms started side by side share ``out``: the first writes it under a lock, the others wait and reuse it (a
+    rewrite would delete the images a running peer reads); data.yaml is written last, so it marks a whole export."""
+    yml = out / "data.yaml"
+    with file_lock(out / ".export.lock"):
+        if not yml.is_file():
+            _write_split(data, labeled, seed, out, yml)
+    return yml
+
+
+def _write_split(data: str, labeled: str, seed: int, out: Path, yml: Path) -> None:
     from effteacher.data.dataset import scan_labeled
     from effteacher.data.spec import load_spec
     from effteacher.data.split import build_split, write_split
@@ -61,10 +73,8 @@ def export_split(data: str, labeled: str, seed: int, out: Path) -> Path:
             (imgs / name).symlink_to(src.resolve())
             rows = [f"{int(c)} {' '.join(f'{v:.6f}' for v in b)}" for c, b in zip(r.cls, r.boxes)]
             (labs / f"{Path(name).stem}.txt").write_text("".join(row + "\n" for row in rows))
-    yml = out / "data.yaml"
     yml.write_text(yaml.safe_dump({"path": str(out.resolve()), "train": "images/train", "val": "images/val",
                                    "names": dict(enumerate(spec.names))}, sort_keys=False))
-    return yml
 
 
 def config_dir(work: Path) -> Path:

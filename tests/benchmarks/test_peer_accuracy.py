@@ -7,6 +7,7 @@ import csv
 import signal
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,17 @@ def test_split_export_is_effteachers_labeled_split(tiny_data: Path, tmp_path: Pa
         boxes = torch.tensor([g[1:] for g in got]).reshape(-1, 4)
         assert torch.allclose(boxes, torch.as_tensor(r.boxes).float().reshape(-1, 4), atol=1e-5)
     assert "unlabeled" not in yml.read_text() and yml.read_text().count("images/") == 2
+
+
+def test_split_export_is_written_once_and_reused_by_arms_side_by_side(tiny_data: Path, tmp_path: Path) -> None:
+    work = tmp_path / "ds"
+    with ThreadPoolExecutor(2) as pool:  # two arms started together: one writes, the other waits and reuses
+        ymls = list(pool.map(lambda _: peer_runs.export_split(str(tiny_data), "25%", 3, work), range(2)))
+    assert ymls == [work / "data.yaml"] * 2
+    marker = work / "images/train/in-use"  # a running peer's files must survive a later arm's start
+    marker.touch()
+    assert peer_runs.export_split(str(tiny_data), "25%", 3, work) == ymls[0] and marker.is_file()
+    assert len(list((work / "images/train").iterdir())) == 7  # 6 labeled images and the marker
 
 
 @pytest.mark.slow
