@@ -146,13 +146,24 @@ def run_peer(kind: str, params: dict[str, Any], work: Path) -> Path:
     return run
 
 
-def _yolov5(p: dict[str, Any]) -> None:
+def yolov5_offline_compat() -> None:
+    """What the `yolov5` package needs to train here: its hub lookups answered "not on the hub" (from scratch and
+    offline), and numpy's ``trapz`` (removed in numpy 2; its metrics integrate AP with it) as ``trapezoid``."""
+    import numpy as np
     import yolov5.models.common as common
     import yolov5.train as train
     import yolov5.utils.downloads as downloads
 
-    for mod in (train, common, downloads):  # from scratch and offline: nothing is on the hub
+    for mod in (train, common, downloads):
         mod.attempt_download_from_hub = lambda *a, **k: None
+    if not hasattr(np, "trapz"):
+        np.trapz = np.trapezoid
+
+
+def _yolov5(p: dict[str, Any]) -> None:
+    import yolov5.train as train
+
+    yolov5_offline_compat()
     if p["resume"]:
         train.run(resume=p["resume"])
         return

@@ -10,6 +10,7 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -51,6 +52,17 @@ def test_split_export_is_written_once_and_reused_by_arms_side_by_side(tiny_data:
     marker.touch()
     assert peer_runs.export_split(str(tiny_data), "25%", 3, work) == ymls[0] and marker.is_file()
     assert len(list((work / "images/train").iterdir())) == 7  # 6 labeled images and the marker
+
+
+@pytest.mark.isolated  # imports yolov5
+def test_yolov5_scores_ap_under_this_numpy() -> None:
+    pytest.importorskip("yolov5")
+    peer_runs.yolov5_offline_compat()
+    from yolov5.utils.metrics import compute_ap
+
+    # recall 0.5 at precision 1; yolov5 closes the curve at (1, 0) and integrates the line to it: 0.5 + 0.25
+    ap, _, _ = compute_ap(np.array([0.25, 0.5]), np.array([1.0, 1.0]))
+    assert ap == pytest.approx(0.75, abs=0.01)
 
 
 @pytest.mark.slow
