@@ -47,15 +47,17 @@ def arm_result(run: Path) -> dict[str, float] | None:
             "end": rs[-1]["train/iterations"]}
 
 
-def summarise(project: Path) -> None:
+def summarise(project: Path, ref_arm: str = "fp32") -> None:
+    """Record every finished arm's mean over seeds against ``ref_arm`` on the seeds both ran (section
+    ``precision_accuracy``, or ``precision_accuracy (vs ARM)`` for another reference)."""
     found: dict[str, dict[int, dict[str, float]]] = {}
     for run in sorted(project.glob("*_s*")):
         arm, seed = run.name.rsplit("_s", 1)
         if arm in ARMS and seed.isdigit() and (res := arm_result(run)) is not None:
             found.setdefault(arm, {})[int(seed)] = res
-    if "fp32" not in found:
-        raise SystemExit(f"{project}: no finished fp32 arm to compare with")
-    ref = found["fp32"]
+    if ref_arm not in found:
+        raise SystemExit(f"{project}: no finished {ref_arm} arm to compare with")
+    ref = found[ref_arm]
     parts, lines = [], []
     for arm, by_seed in sorted(found.items(), key=lambda kv: list(ARMS).index(kv[0])):
         vals = [r["best"] for r in by_seed.values()]
@@ -64,18 +66,19 @@ def summarise(project: Path) -> None:
         common = sorted(set(by_seed) & set(ref))
         diffs = [by_seed[s]["best"] - ref[s]["best"] for s in common]
         text = f"{arm} {mean:.3f}+-{sd:.3f} (seeds {','.join(map(str, sorted(by_seed)))})"
-        if arm != "fp32" and diffs:
+        if arm != ref_arm and diffs:
             ref_sd = statistics.stdev([ref[s]["best"] for s in ref]) if len(ref) > 1 else float("nan")
             mean_diff = round(statistics.fmean(diffs), 6) + 0.0  # no '-0.000'
             verdict = "within" if abs(mean_diff) <= max(sd, ref_sd) else "OUTSIDE"
-            text += f" {mean_diff:+.3f} vs fp32 ({verdict} the seed spread)"
+            text += f" {mean_diff:+.3f} vs {ref_arm} ({verdict} the seed spread)"
         parts.append(text)
         for s, r in sorted(by_seed.items()):
             lines.append(f"- {arm} seed {s}: best {r['best']:.4f} at iteration {int(r['at'])}, band {r['band']:.4f} "
                          f"(last {BAND_K} validations), ran to {int(r['end'])}")
     lines.append(f"- each: effteacher train --data demo --supervised --labeled 10% --epochs {EPOCHS} --seed S with "
                  f"the arm's precision / channels_last; OMP_NUM_THREADS=1; runs in {project}")
-    record("precision_accuracy", "precision_accuracy (demo, supervised 10%, best mAP50-95, mean+-sd over seeds): "
+    name = "precision_accuracy" if ref_arm == "fp32" else f"precision_accuracy (vs {ref_arm})"
+    record(name, f"{name} (demo, supervised 10%, best mAP50-95, mean+-sd over seeds): "
            + "; ".join(parts), "\n".join(lines))
 
 
@@ -86,9 +89,10 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--project", type=Path, default=Path("runs/bench-precision"))
     ap.add_argument("--record", action="store_true", help="record the finished arms in RESULTS.md; train nothing")
+    ap.add_argument("--ref", default="fp32", choices=list(ARMS), help="with --record: the arm the others are compared with")
     a = ap.parse_args()
     if a.record:
-        summarise(a.project)
+        summarise(a.project, a.ref)
         return
     train(a.project, parse_arms(a.arms, ARMS), [int(s) for s in a.seeds.split(",") if s.strip()], a.workers)
 

@@ -49,3 +49,23 @@ def test_record_needs_an_fp32_arm(tmp_path: Path) -> None:
     fake_run(tmp_path / "bf16_s0", [0.1, 0.2])
     with pytest.raises(SystemExit, match="no finished fp32 arm"):
         pa.summarise(tmp_path)
+
+
+def test_record_against_another_reference_keeps_the_fp32_section(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import benchmarks.common as common
+    from benchmarks import precision_accuracy as pa
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "RESULTS.md")
+    for s, top in enumerate((0.38, 0.34)):
+        fake_run(tmp_path / f"fp32_s{s}", [0.1, top])
+    pa.summarise(tmp_path)
+    for s, top in enumerate((0.37, 0.36, 0.35)):
+        fake_run(tmp_path / f"bf16_s{s}", [0.1, top])
+    for s, top in ((1, 0.002), (2, 0.36)):  # compared on the seeds both ran: (0.002 + 0.36) / 2 - 0.355
+        fake_run(tmp_path / f"bf16cl_s{s}", [0.0, top])
+    pa.summarise(tmp_path, "bf16")
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "## precision_accuracy\n" in text and "## precision_accuracy (vs bf16)\n" in text
+    line = next(t for t in text.splitlines() if t.startswith("`precision_accuracy (vs bf16)"))
+    assert "bf16cl 0.181+-0.253 (seeds 1,2) -0.174 vs bf16 (within the seed spread)" in line
