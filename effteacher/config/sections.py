@@ -39,6 +39,10 @@ class AugmentConfig:
     noise: float = setting(0.1, "Strong view: probability of gaussian noise.", PROB)
     color_jitter: float = setting(0.8, "Strong view: probability of colour jitter.", PROB)
     weak_fliplr: float = setting(0.5, "Flip probability of the weak (teacher) view.", PROB)
+    unlabeled_mosaic: float = setting(0.0, "Probability that the weak (teacher) view of an unlabeled image is a "
+                                           "4-image mosaic with 3 other unlabeled images and the labeled mosaic's "
+                                           "affine (Efficient Teacher); the strong view is made from it; 0 = off.",
+                                   PROB)
 
 
 @dataclass(frozen=True)

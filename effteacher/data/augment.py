@@ -305,11 +305,18 @@ def weak_view(
     Returns (weak (imgsz, imgsz, 3) uint8, M_weak (3, 3) mapping input-image px -> weak-view px).
     """
     out, ratio, pad = letterbox(img, imgsz, auto=False, scaleup=True)
-    m = letterbox_matrix(ratio, pad)
+    out, f = weak_flip(out, rng, aug)
+    return out, f @ letterbox_matrix(ratio, pad)
+
+
+def weak_flip(img: np.ndarray, rng: np.random.Generator, aug: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The weak view's optional horizontal flip [aug.weak_fliplr]; draws one value from ``rng``.
+
+    Returns (img (H, W, 3), its 3x3 matrix: the flip, or the identity when not flipped).
+    """
     if rng.random() < aug.weak_fliplr:
-        out, f = fliplr(out)
-        m = f @ m
-    return out, m
+        return fliplr(img)
+    return img, np.eye(3)
 
 
 def strong_view(

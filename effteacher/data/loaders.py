@@ -25,6 +25,7 @@ from effteacher.data.augment import (
     mosaic4,
     photometric_and_flips,
     strong_view,
+    weak_flip,
     weak_view,
 )
 from effteacher.data.records import ImageRecord
@@ -57,6 +58,8 @@ def _cat_targets(labels: Sequence[torch.Tensor]) -> torch.Tensor:
 
 class _ImageStore(Dataset):
     """Records + image loading (long side = imgsz) with an optional RAM cache of resized images."""
+
+    aug: AugmentConfig
 
     def __init__(
         self, records: Sequence[ImageRecord], imgsz: int, cache: bool, seed: int, fast_resize: bool
@@ -95,6 +98,27 @@ class _ImageStore(Dataset):
         if self._cache is not None:
             return self._cache[index]
         return load_resized(self.records[index].path, self.imgsz, self.fast_resize)
+
+    def _boxes_px(self, index: int, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """The record's labels in its image resized to ``hw``: (boxes (n, 4) xyxy px float32, cls (n,) int64)."""
+        rec = self.records[index]
+        boxes = xywhn2xyxy(np.asarray(rec.boxes, dtype=np.float32).reshape(-1, 4), hw[1], hw[0])
+        return boxes, np.asarray(rec.cls, dtype=np.int64).reshape(-1)
+
+    def _mosaic(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """4-image mosaic of ``index`` and 3 images drawn from ``rng``: (img (S, S, 3), boxes (n, 4) xyxy px, cls (n,)).
+
+        The labels ride along: neither the pixels nor the draws depend on them.
+        """
+        idx = [index, *rng.integers(0, len(self), 3).tolist()]
+        imgs, boxes, classes = [], [], []
+        for i in idx:
+            img, _, hw = self.load(i)
+            b, c = self._boxes_px(i, hw)
+            imgs.append(img)
+            boxes.append(b)
+            classes.append(c)
+        return mosaic4(imgs, boxes, classes, self.imgsz, rng, self.aug)
 
 
 def rect_batch_shapes(
@@ -161,22 +185,6 @@ class LabeledDataset(_ImageStore):
         """Turn mosaic (and mixup) on or off, e.g. for the last ``close_mosaic`` epochs."""
         self.mosaic = bool(enabled) and self.augment and not self.rect and self.aug.mosaic > 0
 
-    def _boxes_px(self, index: int, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        rec = self.records[index]
-        boxes = xywhn2xyxy(np.asarray(rec.boxes, dtype=np.float32).reshape(-1, 4), hw[1], hw[0])
-        return boxes, np.asarray(rec.cls, dtype=np.int64).reshape(-1)
-
-    def _mosaic(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        idx = [index, *rng.integers(0, len(self), 3).tolist()]
-        imgs, boxes, classes = [], [], []
-        for i in idx:
-            img, _, hw = self.load(i)
-            b, c = self._boxes_px(i, hw)
-            imgs.append(img)
-            boxes.append(b)
-            classes.append(c)
-        return mosaic4(imgs, boxes, classes, self.imgsz, rng, self.aug)
-
     def out_shape(self, index: int) -> tuple[int, int]:
         """(h, w) of the image this dataset returns for ``index`` (before any mosaic)."""
         if self.batch_shapes is not None:
@@ -224,6 +232,10 @@ class UnlabeledDataset(_ImageStore):
     M maps weak-view pixel coords (x, y, 1) to strong-view pixel coords. ``hidden`` are the
     record's labels mapped into the weak view (norm), for REPORTING pseudo-label quality only;
     the views are made without them.
+
+    With probability ``aug.unlabeled_mosaic`` the weak view is a 4-image mosaic (then the weak flip);
+    that decision, the 3 other images and the mosaic geometry come from a second generator of the
+    item, so an item without mosaic is the same as with ``unlabeled_mosaic: 0``.
     """
 
     def __init__(
@@ -242,16 +254,26 @@ class UnlabeledDataset(_ImageStore):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str, torch.Tensor]:
         index, epoch, _ = self._unkey(item)
         rng = self._rng(index, epoch)
-        img, _, (h, w) = self.load(index)
-        weak, m_weak = weak_view(img, rng, self.imgsz, self.aug)
+        p = self.aug.unlabeled_mosaic
+        mosaic_rng = self._mosaic_rng(index, epoch) if p > 0 else None
+        if mosaic_rng is not None and mosaic_rng.random() < p:
+            canvas, boxes, cls = self._mosaic(index, mosaic_rng)  # boxes: reporting only
+            weak, m_weak = weak_flip(canvas, rng, self.aug)
+        else:
+            img, _, (h, w) = self.load(index)
+            weak, m_weak = weak_view(img, rng, self.imgsz, self.aug)
+            rec = self.records[index]  # reporting only
+            boxes = xywhn2xyxy(np.asarray(rec.boxes, dtype=np.float64).reshape(-1, 4), w, h)
+            cls = np.asarray(rec.cls).reshape(-1)
         strong, m = strong_view(weak, rng, self.aug)
-        rec = self.records[index]  # read only after the views are made: reporting only
         s = weak.shape[:2]
-        hidden = clip_boxes(
-            transform_boxes(xywhn2xyxy(np.asarray(rec.boxes, dtype=np.float64).reshape(-1, 4), w, h), m_weak), s
-        )
-        labels = _labels(np.asarray(rec.cls).reshape(-1), hidden, s)
-        return _to_chw(weak), _to_chw(strong), torch.from_numpy(m.astype(np.float32)), rec.path, labels
+        labels = _labels(cls, clip_boxes(transform_boxes(boxes, m_weak), s), s)
+        path = self.records[index].path
+        return _to_chw(weak), _to_chw(strong), torch.from_numpy(m.astype(np.float32)), path, labels
+
+    def _mosaic_rng(self, index: int, epoch: int) -> np.random.Generator:
+        """The item's second generator (mosaic decision, images and geometry), independent of ``_rng``."""
+        return np.random.default_rng(np.random.SeedSequence([self.seed, epoch, index], spawn_key=(1,)))
 
     @staticmethod
     def collate_fn(batch: Sequence[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple, torch.Tensor]:

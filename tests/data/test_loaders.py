@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from effteacher.config import AugmentConfig
+from effteacher.data.augment import load_resized, strong_view, weak_view
+from effteacher.data.geometry import transform_and_filter
 from effteacher.data.loaders import LabeledDataset, UnlabeledDataset, rect_batch_shapes
 from effteacher.data.records import ImageRecord
 from effteacher.data.sampling import InfiniteLoader, build_loader, set_loader_epoch
@@ -229,3 +231,113 @@ def test_rect_with_augment_uses_batch_shapes_without_mosaic(tmp_path):
         img, labels, _, shapes = ds[i]
         assert tuple(img.shape[1:]) == tuple(ds.batch_shapes[i // 2]) and shapes is None
         assert len(labels) <= 1
+
+
+# unlabeled mosaic: 8 images, each a background and a rectangle (its label, class k) of colours no other image has
+PALETTE = (np.array([c for c in np.ndindex(3, 3, 3) if c != (1, 1, 1)])[:16] * 127.5).round().astype(np.int32)
+MOSAIC_SIZES = [(64, 96), (96, 64), (80, 80), (72, 128), (128, 72), (100, 90), (96, 96), (60, 120)]
+GEOM = AugmentConfig(hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, color_jitter=0.0, blur=0.0, noise=0.0, cutout=0.0)
+
+
+def make_colour_records(tmp_path) -> list[ImageRecord]:
+    recs = []
+    for k, (h, w) in enumerate(MOSAIC_SIZES):
+        img = np.empty((h, w, 3), np.uint8)
+        img[:] = PALETTE[2 * k]
+        x1, y1, x2, y2 = w // 5, h // 4, 4 * w // 5, 3 * h // 4
+        img[y1:y2, x1:x2] = PALETTE[2 * k + 1]
+        p = tmp_path / f"col{k}.png"
+        cv2.imwrite(str(p), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        box = np.array([[(x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h]], np.float32)
+        recs.append(ImageRecord(str(p), (h, w), np.array([k], np.int64), box))
+    return recs
+
+
+def nearest_colour(img_chw: torch.Tensor) -> np.ndarray:
+    """(H, W) index of the nearest PALETTE colour (len(PALETTE) for the grey 114 padding)."""
+    img = img_chw.permute(1, 2, 0).numpy().astype(np.int32)
+    colours = np.concatenate([PALETTE, np.full((1, 3), 114)], 0)
+    return np.abs(img[:, :, None] - colours[None, None]).sum(-1).argmin(-1)
+
+
+def share_of_colour(labels: np.ndarray, box: np.ndarray, colour: int) -> float:
+    """Share of the pixels inside ``box`` (shrunk by 1 px against edge blending) whose nearest colour is ``colour``."""
+    x1, y1 = np.ceil(box[:2] + 1).astype(int)
+    x2, y2 = np.floor(box[2:] - 1).astype(int)
+    return float((labels[y1:y2, x1:x2] == colour).mean())
+
+
+def test_unlabeled_mosaic_hidden_labels_follow_the_mosaic_into_the_strong_view(tmp_path):
+    recs = make_colour_records(tmp_path)
+    aug = dataclasses.replace(GEOM, unlabeled_mosaic=1.0, weak_fliplr=0.5, strong_fliplr=0.5)
+    ds = UnlabeledDataset(recs, 96, aug, seed=4)
+    checked, most, classes_seen = 0, 0, set()
+    for i in range(len(ds)):
+        weak, strong, m, _, hidden = ds[i]
+        lw, ls = nearest_colour(weak), nearest_colour(strong)
+        boxes_w = xywhn2xyxy(hidden[:, 2:].numpy().astype(np.float64), 96, 96)
+        boxes_s, keep = transform_and_filter(boxes_w.astype(np.float32), m.numpy().astype(np.float64), (96, 96))
+        for box_w, box_s, k in zip(boxes_w[keep], boxes_s, hidden[keep, 1].long().tolist()):
+            if min(box_s[2:] - box_s[:2]) < 8 or min(box_w[2:] - box_w[:2]) < 8:
+                continue  # too thin to tell from edge blending
+            assert share_of_colour(lw, box_w, 2 * k + 1) > 0.9, (i, k, box_w)
+            assert share_of_colour(ls, box_s, 2 * k + 1) > 0.9, (i, k, box_s)
+            checked += 1
+            classes_seen.add(k)
+        most = max(most, len(set(hidden[:, 1].long().tolist())))
+    assert checked >= len(ds) and len(classes_seen) >= 4 and most >= 3  # the labels of the other images came along
+
+
+def test_unlabeled_mosaic_weak_view_holds_four_images(tmp_path):
+    recs = make_colour_records(tmp_path)
+    # the labeled mosaic's affine off: the weak view is the mosaic canvas' central crop, pixels copied exactly
+    aug = dataclasses.replace(GEOM, unlabeled_mosaic=1.0, degrees=0.0, translate=0.0, scale=0.0)
+    plain = UnlabeledDataset(recs, 96, dataclasses.replace(aug, unlabeled_mosaic=0.0), seed=2)
+    ds = UnlabeledDataset(recs, 96, aug, seed=2)
+    counts = []
+    for i in range(len(ds)):
+        for epoch in range(2):
+            weak = ds[(i, epoch, False)][0].permute(1, 2, 0).numpy()
+            present = {k for k in range(len(recs)) if (weak == PALETTE[2 * k]).all(-1).sum() >= 20}
+            counts.append(len(present))  # a mosaic centre near the canvas edge can hide a quadrant (YOLOv5 too)
+            weak_plain = plain[(i, epoch, False)][0].permute(1, 2, 0).numpy()
+            assert {k for k in range(len(recs)) if (weak_plain == PALETTE[2 * k]).all(-1).any()} == {i}
+    assert max(counts) == 4 and np.mean(counts) > 2.5, counts
+
+
+def test_unlabeled_mosaic_views_never_read_labels(tmp_path):
+    recs = make_colour_records(tmp_path)
+    rng = np.random.default_rng(0)
+    other = [ImageRecord(r.path, r.shape, rng.integers(0, 8, 3), rng.uniform(0.2, 0.6, (3, 4)).astype(np.float32))
+             for r in recs]  # same images, different label files
+    aug = AugmentConfig(unlabeled_mosaic=1.0, cutout=1.0)
+    a, b = UnlabeledDataset(recs, 96, aug, seed=3), UnlabeledDataset(other, 96, aug, seed=3)
+    for i in range(len(recs)):
+        for epoch in range(2):
+            wa, sa, ma, _, ha = a[(i, epoch, False)]
+            wb, sb, mb, _, hb = b[(i, epoch, False)]
+            assert torch.equal(wa, wb) and torch.equal(sa, sb) and torch.equal(ma, mb)
+            assert not torch.equal(ha, hb)
+
+
+def test_unlabeled_without_mosaic_is_the_weak_and_strong_view_of_the_item_generator(tmp_path):
+    """unlabeled_mosaic 0 (the default) keeps the items of before; at 0.5 an item not drawn for mosaic is the same."""
+    recs = make_colour_records(tmp_path)
+    aug = AugmentConfig()
+    ds = UnlabeledDataset(recs, 96, aug, seed=6)
+    half = UnlabeledDataset(recs, 96, dataclasses.replace(aug, unlabeled_mosaic=0.5), seed=6)
+    same = 0
+    for i in range(len(recs)):
+        for epoch in range(2):
+            rng = np.random.default_rng([6, epoch, i])
+            weak, _ = weak_view(load_resized(recs[i].path, 96, fast=True)[0], rng, 96, aug)
+            strong, m = strong_view(weak, rng, aug)
+            item = ds[(i, epoch, False)]
+            assert np.array_equal(item[0].permute(1, 2, 0).numpy(), weak)
+            assert np.array_equal(item[1].permute(1, 2, 0).numpy(), strong)
+            assert torch.equal(item[2], torch.from_numpy(m.astype(np.float32)))
+            other = half[(i, epoch, False)]
+            same += batches_equal(item, other)
+            if not batches_equal(item, other):
+                assert not torch.equal(item[0], other[0])  # a mosaic
+    assert 0 < same < 2 * len(recs)

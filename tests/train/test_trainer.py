@@ -189,6 +189,21 @@ def test_ssod_threshold_strategies_run(tiny_data, tmp_path, extra):
 
 
 @pytest.mark.slow
+def test_ssod_run_with_unlabeled_mosaic_reports_pseudo_precision(tiny_data, tmp_path):
+    """aug.unlabeled_mosaic 1.0: every teacher view is a mosaic; low fixed thresholds give reliable pseudo boxes."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"aug": {"unlabeled_mosaic": 1.0}, "ssod": {"tau1": 0.0001, "tau2": 0.0005}}))
+    res = _train(["--data", str(tiny_data), "--labeled", "25%", "--epochs", "2", "--burn-in", "1", *TINY,
+                  "--thresholds", "fixed", "--project", str(tmp_path), "--name", "m", "--cfg", str(cfg)])
+    assert res.exit_code == 0, res.output
+    rows = _rows(tmp_path / "m")
+    assert float(rows[1]["unsup/obj_loss"]) > 0.0
+    assert 0.0 <= float(rows[1]["pseudo/precision"]) <= 1.0 and 0.0 <= float(rows[1]["pseudo/recall"]) <= 1.0
+    last = torch.load(tmp_path / "m/weights/last.pt", weights_only=True)
+    assert last["args"]["aug"]["unlabeled_mosaic"] == 1.0
+
+
+@pytest.mark.slow
 def test_auto_burn_in_hands_over_on_plateau_and_resume_keeps_it(tiny_data, tmp_path):
     """Default ``--burn-in auto`` with tiny step windows: it logs why it handed over, saves burn_in.pt, runs the whole
     SSOD phase, and a run resumed from that state keeps the decision (same burn-in length, same planned end)."""
