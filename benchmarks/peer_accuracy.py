@@ -198,8 +198,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     ap.add_argument("--labeled", default="10%", help="effteacher's --labeled (the split every arm trains on)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
-    ap.add_argument("--epochs", type=int, default=300, help="the peers' epoch budget (they stop early on --patience)")
-    ap.add_argument("--patience", type=int, default=50, help="the peers' early-stopping patience in epochs")
+    ap.add_argument("--epochs", type=int, default=1000, help="the peers' epoch budget (they stop early on --patience)")
+    ap.add_argument("--patience", type=int, default=100,
+                    help="the peers' early-stopping patience in epochs (100: both peers' own default; 0: off)")
     ap.add_argument("--max-epochs", type=int, default=0, help="cap every arm at this many epochs (tests)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu or a GPU index, for every arm and the evaluator")
