@@ -3,7 +3,7 @@
 Arms per seed, all with the dataset profile (``defaults:`` of ``--data``, ``demo`` by default: the schedule
 `make run` trains) and ``--cfg`` applied to every arm:
 
-- ``ssod_s{seed}``: the demo itself: fixed burn-in on the 10% split, then SSOD;
+- ``ssod_s{seed}``: the demo itself: burn-in on the 10% split (fixed, or auto: to its validation plateau), then SSOD;
 - ``ctrl_s{seed}``: branched from ssod's saved burn-in state (``weights/burn_in.pt``) with ``ssod.lambda_u: 0``:
   the same weights, optimizer, LR schedule, teacher EMA, labeled batches and unlabeled forward passes, no
   pseudo labels;
@@ -65,13 +65,18 @@ def wait_burn_in(run: Path, poll_s: float = 20.0) -> None:
 
 def planned_steps(ssod: Path) -> tuple[int, int]:
     """(optimizer steps the SSOD run plans in all, labeled steps per supervised epoch), from its burn-in state:
-    burn-in iterations as run, plus one iteration per unlabeled batch in each planned SSOD epoch."""
+    burn-in iterations as run, plus one iteration per unlabeled batch in each planned SSOD epoch (a fixed plan's
+    ``epochs`` minus the burn-in, or an ``epochs: 0`` plan's ``sched.ssod_factor`` x the burn-in's iterations)."""
+    from effteacher.train.schedule import ssod_epochs
+
     st = burn_state(ssod)
     burn, args = st["epoch"], st["args"]
     burn_its = int(next(r["train/iterations"] for r in rows(ssod) if int(r["epoch"]) == burn))
     n_unlabeled = sum(1 for line in (ssod / "split/unlabeled.txt").read_text().splitlines() if line.strip())
     per_ssod_epoch = math.ceil(n_unlabeled / (args["batch"] * args["ssod"]["unlabeled_ratio"]))
-    return burn_its + (args["epochs"] - burn) * per_ssod_epoch, burn_its // burn
+    n_ssod = args["epochs"] - burn if args["epochs"] > 0 else \
+        ssod_epochs(burn_its, per_ssod_epoch, args["sched"]["ssod_factor"])
+    return burn_its + n_ssod * per_ssod_epoch, burn_its // burn
 
 
 def train_arms(project: Path, base: Any, seed: int, which: list[str]) -> None:

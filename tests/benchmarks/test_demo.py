@@ -45,3 +45,22 @@ def test_demo_target_needs_three_bands_over_the_better_baseline():
     rs = [{MAP: v} for v in (0.1, 0.5, 0.52, 0.50, 0.49, 0.51)]
     assert band(rs) == pytest.approx(0.03)  # the last five only
     assert band(rs, 2) == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize(("epochs", "factor", "expected"), [(30, 2.0, 200 + 10 * 8), (0, 0.5, 200 + 13 * 8)])
+def test_demo_step_budget_follows_a_fixed_or_an_auto_plan(tmp_path, epochs, factor, expected):
+    """Fixed plan: ``epochs`` minus the burn-in SSOD epochs; auto plan (epochs 0): ssod_factor x the burn-in's
+    iterations, in whole SSOD epochs (here 20 burn-in epochs of 10 labeled batches, 8 unlabeled batches an epoch)."""
+    import torch
+
+    from benchmarks import demo
+
+    run = tmp_path / "ssod_s0"
+    (run / "weights").mkdir(parents=True)
+    (run / "split").mkdir()
+    (run / "split/unlabeled.txt").write_text("".join(f"u{i}.jpg\n" for i in range(128)))
+    args = {"epochs": epochs, "batch": 16, "ssod": {"unlabeled_ratio": 1}, "sched": {"ssod_factor": factor}}
+    torch.save({"train_state": {"epoch": 20}, "args": args}, run / "weights/burn_in.pt")
+    (run / "results.csv").write_text("epoch,train/iterations,metrics/mAP50,metrics/mAP50-95\n"
+                                     "10,100,0.1,0.05\n20,200,0.2,0.1\n")
+    assert demo.planned_steps(run) == (expected, 10)
