@@ -62,12 +62,13 @@ def bare_loop(trainer, imgsz: int, batch: int, steps: int) -> float:
     return batch * steps / (time.perf_counter() - t0)
 
 
-def make_trainer(data_yaml: Path, imgsz: int, batch: int, supervised: bool, run_dir: Path, precision: str = "fp32"):
+def make_trainer(data_yaml: Path, imgsz: int, batch: int, supervised: bool, run_dir: Path, precision: str = "fp32",
+                 workers: int = 2):
     from effteacher.config import defaults_for, replace
     from effteacher.utils.dist import DistContext
     from effteacher.train.trainer import Trainer
 
-    cfg = replace(defaults_for("sample"), data=str(data_yaml), imgsz=imgsz, batch=batch, workers=2,
+    cfg = replace(defaults_for("sample"), data=str(data_yaml), imgsz=imgsz, batch=batch, workers=workers,
                   supervised=supervised, labeled="100%" if supervised else "50%", epochs=3, burn_in=1,
                   project=str(run_dir), name=f"{'sup' if supervised else 'ssod'}{imgsz}", amp=False, precision=precision,
                   **{"optim.nbs": batch})
