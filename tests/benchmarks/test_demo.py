@@ -6,9 +6,8 @@ import pytest
 
 from effteacher.data.sample import SampleConfig, generate
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_demo_arms_share_the_burn_in_and_the_step_budget(tmp_path, monkeypatch):
     import benchmarks.common as common
     from benchmarks import demo
