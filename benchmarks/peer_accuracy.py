@@ -101,13 +101,18 @@ class Arm:
 
 
 def own_rows(kind: str, run: Path) -> list[dict[str, float]]:
-    """A run's validations as {'map': mAP50-95, 'map50': mAP50} from its own results.csv."""
+    """A run's validations as {'map': mAP50-95, 'map50': mAP50} from its own results.csv, one per epoch.
+
+    A peer writes an epoch's row before its last.pt, so a run killed between the two and resumed trains that
+    epoch again and writes a second row for it: the later row (the epoch as it now stands) is kept.
+    """
     if kind not in OWN_COLUMNS:
         return [{"map": r["metrics/mAP50-95"], "map50": r["metrics/mAP50"]} for r in rows(run)]
     m, m50 = OWN_COLUMNS[kind]
     with open(run / "results.csv") as f:
-        return [{"map": float(r[m]), "map50": float(r[m50])}
-                for r in ({k.strip(): v.strip() for k, v in row.items()} for row in csv.DictReader(f))]
+        per_epoch = {int(float(r["epoch"])): {"map": float(r[m]), "map50": float(r[m50])}
+                     for r in ({k.strip(): v.strip() for k, v in row.items()} for row in csv.DictReader(f))}
+    return [per_epoch[e] for e in sorted(per_epoch)]
 
 
 def evaluate(kind: str, weights: Path, data: str, imgsz: int, device: str) -> Any:

@@ -65,6 +65,16 @@ def test_yolov5_scores_ap_under_this_numpy() -> None:
     assert ap == pytest.approx(0.75, abs=0.01)
 
 
+def test_a_peers_epoch_trained_again_after_a_kill_counts_once(tmp_path: Path) -> None:
+    """yolov5 writes an epoch's row before its last.pt: a kill between them repeats that epoch's row on resume."""
+    (tmp_path / "results.csv").write_text(
+        "               epoch,metrics/mAP_0.5,metrics/mAP_0.5:0.95\n"
+        "                   0,  0.1,  0.05\n                   1,  0.2,  0.1\n"
+        "                   1,  0.3,  0.15\n                   2,  0.4,  0.2\n")
+    assert peer_accuracy.own_rows("yolov5", tmp_path) == [
+        {"map": 0.05, "map50": 0.1}, {"map": 0.15, "map50": 0.3}, {"map": 0.2, "map50": 0.4}]
+
+
 @pytest.mark.slow
 @pytest.mark.isolated  # scores ultralytics in-process, which patches process-wide functions
 @pytest.mark.parametrize("kind", peer_runs.PEERS)
@@ -97,7 +107,10 @@ def test_peer_arm_killed_resumed_and_scored(kind: str, tiny_data: Path, tmp_path
     assert "Resuming training" in log
     with open(run / "results.csv") as f:
         epochs = [int(float(r[next(k for k in r if k.strip() == "epoch")])) for r in csv.DictReader(f)]
-    assert len(epochs) == len(set(epochs)) == 4  # each epoch trained once: continued, not restarted
+    # continued, not restarted: epochs never go back (a kill between an epoch's results row and its last.pt
+    # trains that one epoch again, which the peer logs as a second row), and the scores keep one row an epoch
+    assert epochs == sorted(epochs) and len(set(epochs)) == 4 and len(epochs) <= 5  # yolov5 0-3, ultralytics 1-4
+    assert len(peer_accuracy.own_rows(kind, run)) == 4
     assert (run / "done.json").is_file() and (run / "weights/best.pt").is_file()
     monkeypatch.setattr(common, "RESULTS", tmp_path / "RESULTS.md")
     scores = peer_accuracy.summarise(project, str(tiny_data), "50%", [0], "cpu", 4, imgsz=64)
