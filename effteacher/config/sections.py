@@ -144,6 +144,7 @@ class SchedConfig:
     val_steps: int = setting(100, "Validate about every this many iterations during an auto burn-in.", count(1))
     ssod_factor: float = setting(2.0, "epochs: 0 -> the SSOD phase runs this many times the burn-in's iterations.",
                                  Range(lo=0.0, lo_strict=True))
-    polish_factor: float = setting(0.0, "Supervised auto schedule (--supervised, epochs: 0): after the validation "
+    polish_factor: float = setting(1.0, "Supervised auto schedule (--supervised, epochs: 0): after the validation "
                                         "plateau, train this many times its iterations more with the LR decaying to "
-                                        "lrf, as the SSOD phase does; 0 = stop at the plateau.", Range(lo=0.0))
+                                        "lrf, as the SSOD phase does (--patience still stops it); 0 = stop at the "
+                                        "plateau.", Range(lo=0.0))

@@ -67,7 +67,10 @@ def test_supervised_auto_plan_polishes_after_its_plateau():
     p.set_burn(100)  # plateau after 400 iterations
     assert (p.burn, p.end, p.last_epoch()) == (100, 150, 150) and p.polishing()
     assert p.lr_span == (600, 400)  # constant until the plateau, then linear over the 200 polishing iterations
-    stop = EpochPlan(replace(cfg, sched=S), ssod=False, nb_burn=4, nb_ssod=4)
+    default = EpochPlan(replace(cfg, sched=S), ssod=False, nb_burn=4, nb_ssod=4)
+    default.set_burn(100)
+    assert default.end == 200 and default.polishing()  # polish_factor 1.0 by default
+    stop = EpochPlan(replace(cfg, sched=replace(S, polish_factor=0.0)), ssod=False, nb_burn=4, nb_ssod=4)
     stop.set_burn(100)
     assert stop.end == 100 and not stop.polishing()
     fixed = EpochPlan(replace(cfg, epochs=30), ssod=False, nb_burn=4, nb_ssod=4)
