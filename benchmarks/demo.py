@@ -33,6 +33,7 @@ from typing import Any
 from benchmarks.branch import branch, rows, run_arm, wall_s
 from benchmarks.common import parse_arms, record
 from benchmarks.ssod_gain import MAP, best
+from effteacher.train.schedule import ssod_epochs
 
 ARMS = ("ssod", "ctrl", "sup")
 BAND_K = 5  # validations in a noise band
@@ -67,8 +68,6 @@ def planned_steps(ssod: Path) -> tuple[int, int]:
     """(optimizer steps the SSOD run plans in all, labeled steps per supervised epoch), from its burn-in state:
     burn-in iterations as run, plus one iteration per unlabeled batch in each planned SSOD epoch (a fixed plan's
     ``epochs`` minus the burn-in, or an ``epochs: 0`` plan's ``sched.ssod_factor`` x the burn-in's iterations)."""
-    from effteacher.train.schedule import ssod_epochs
-
     st = burn_state(ssod)
     burn, args = st["epoch"], st["args"]
     burn_its = int(next(r["train/iterations"] for r in rows(ssod) if int(r["epoch"]) == burn))
