@@ -146,5 +146,5 @@ class SchedConfig:
                                  Range(lo=0.0, lo_strict=True))
     polish_factor: float = setting(1.0, "Supervised auto schedule (--supervised, epochs: 0): after the validation "
                                         "plateau, train this many times its iterations more with the LR decaying to "
-                                        "lrf, as the SSOD phase does (--patience still stops it); 0 = stop at the "
+                                        "lrf, as the SSOD phase does (--patience does not cut it); 0 = stop at the "
                                         "plateau.", Range(lo=0.0))

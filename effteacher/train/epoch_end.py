@@ -114,8 +114,9 @@ class EpochEnd:
     def early_stop(self, o: EpochOutcome, auto: bool) -> None:
         """--patience epochs without a better validation (the SSOD phase's clock starts at the hand-over)."""
         p = self.parts
-        handover = p.plan.burn if p.ssod is not None or p.plan.polishing() else None  # polishing: its own clock
-        o.early = not auto and patience_out(o.epoch, p.progress.best_epoch, self.cfg.patience, handover)
+        handover = p.plan.burn if p.ssod is not None else None
+        o.early = not auto and patience_out(o.epoch, p.progress.best_epoch, self.cfg.patience, handover,
+                                            p.plan.polishing())
         if o.early:
             info(f"stopping early: no better validation in the last {self.cfg.patience} epochs (--patience; best at "
                  f"epoch {p.progress.best_epoch + 1})")

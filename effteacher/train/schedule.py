@@ -57,7 +57,7 @@ def burn_in_done(p: Plateau, step: int, sched: SchedConfig, last_epoch: bool = F
     return None
 
 
-def patience_out(epoch: int, best_epoch: int, patience: int, handover: int | None) -> bool:
+def patience_out(epoch: int, best_epoch: int, patience: int, handover: int | None, polishing: bool = False) -> bool:
     """True when ``patience`` epochs have passed without a better validation (YOLOv5's early stop).
 
     ``handover`` is the first SSOD epoch (None for supervised runs or while an auto burn-in is
@@ -65,7 +65,14 @@ def patience_out(epoch: int, best_epoch: int, patience: int, handover: int | Non
     plateau by design, so counting from the burn-in's best epoch stopped a run with short labeled
     epochs (4 iterations each) after one SSOD epoch. Before the hand-over of an SSOD run (a fixed
     ``--burn-in`` still running) it never fires: an SSOD run is not ended before its SSOD phase.
+
+    A supervised run's polishing (``polishing``) is never cut: it is the LR annealing planned after a plateau
+    already found, and its gain comes at the end. Counted in labeled epochs, 100 epochs of patience are a few
+    thousand iterations, a fraction of the polishing, where the SSOD phase's epochs (passes over the
+    unlabeled images) make the same patience several times its length.
     """
+    if polishing:
+        return False
     start = best_epoch if handover is None else max(best_epoch, handover - 1)
     return epoch - start >= patience
 

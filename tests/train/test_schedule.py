@@ -90,6 +90,7 @@ def test_patience_clock_restarts_at_the_hand_over():
     assert not patience_out(1400, 1350, 100, 1254)  # a better SSOD validation moves the clock
     assert patience_out(16, 6, 10, 5) and not patience_out(15, 6, 10, 5)  # best after the hand-over: plain rule
     assert not patience_out(1200, 50, 100, 1254)  # a fixed burn-in still running is not cut short
+    assert not patience_out(2000, 100, 100, None, polishing=True)  # a supervised run's polishing runs to its end
 
 
 def test_lr_factor_constant_then_decay():
