@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from effteacher.config import LossConfig
-from effteacher.losses.assign import assign_targets
+from effteacher.losses.assign import assign_candidates, assign_targets
 from effteacher.losses.iou import bbox_iou
 
 
@@ -71,6 +71,7 @@ class DetectionLoss:
         self.gain_obj = obj * (imgsz / 640) ** 2 * s
         self.gain_cls = cls * self.nc / 80 * s
         self.ciou = cfg.iou_type == "ciou"
+        self.sync_free: bool | None = None  # masked candidates (True) or positives (False); None: on CUDA only
 
     def __call__(
         self, raw: list[torch.Tensor], targets: torch.Tensor, expected_targets: float | None = None
@@ -96,7 +97,10 @@ class DetectionLoss:
             obj_t = targets.new_full((n_t,), -1.0)
         anchors = self.model.anchors.to(device) / self.model.stride.to(device).view(-1, 1, 1)
         shapes = [(int(r.shape[2]), int(r.shape[3])) for r in raw]
-        assigned = assign_targets(targets, anchors, shapes, self.cfg.anchor_t)
+        # on a GPU every candidate with a validity mask: sizes known on the host, so no sync (docs/architecture.md);
+        # on a CPU the positives only (fewer rows, and a CPU has no queue to drain)
+        sync_free = device.type == "cuda" if self.sync_free is None else self.sync_free
+        assigned = (assign_candidates if sync_free else assign_targets)(targets, anchors, shapes, self.cfg.anchor_t)
         eps = self.cfg.label_smoothing
         cp, cn = 1.0 - 0.5 * eps, 0.5 * eps
         gamma, alpha = self.cfg.focal_gamma, self.cfg.focal_alpha
@@ -105,15 +109,16 @@ class DetectionLoss:
         for i, (pi, lt) in enumerate(zip(raw, assigned)):
             pi = pi.float()
             tobj = torch.zeros(pi.shape[:4], device=device)
-            if lt.b.numel():
+            if n_t:
+                on = lt.valid.float()
                 ps = pi[lt.b, lt.a, lt.gj, lt.gi]  # (n, 5+nc)
                 pxy = ps[:, :2].sigmoid() * 2 - 0.5
                 pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * lt.anchors
                 iou = bbox_iou(torch.cat((pxy, pwh), 1), lt.tbox, CIoU=self.ciou, GIoU=not self.ciou)
-                lbox = lbox + _masked_mean(1.0 - iou, w_box[lt.rows])
+                lbox = lbox + _masked_mean(1.0 - iou, w_box[lt.rows] * on)
                 o = obj_t[lt.rows]
-                hard = o < 0
-                value = torch.where(hard, iou.detach().clamp(0, 1), o.clamp(0, 1))
+                hard = (o < 0) & lt.valid
+                value = torch.where(hard, iou.detach().clamp(0, 1), o.clamp(0, 1)) * on  # 0 never wins a cell
                 _, na, ny, nx = tobj.shape
                 flat = ((lt.b * na + lt.a) * ny + lt.gj) * nx + lt.gi
                 tobj = priority_objectness(tuple(tobj.shape), flat, value, hard)
@@ -124,7 +129,7 @@ class DetectionLoss:
                         t = torch.full_like(ps[:, 5:], cn)
                         t[torch.arange(ps.shape[0], device=device), targets[lt.rows, 1].long()] = cp
                     per = bce_focal(ps[:, 5:], t, gamma, alpha).mean(1)
-                    lcls = lcls + _masked_mean(per, w_cls[lt.rows])
+                    lcls = lcls + _masked_mean(per, w_cls[lt.rows] * on)
             lobj = lobj + bce_focal(pi[..., 4], tobj, gamma, alpha).mean() * self.cfg.balance[i]
         lbox, lobj, lcls = lbox * self.gain_box, lobj * self.gain_obj, lcls * self.gain_cls
         if expected_targets is not None and expected_targets > 0:

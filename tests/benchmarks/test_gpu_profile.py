@@ -15,3 +15,15 @@ def test_smoke_on_cpu() -> None:
             ms = float(line.split(f"{part} ")[1].split(",")[0])
             assert ms >= 0, line
     assert lines[2].startswith("loader ") and ("loader-bound" in lines[2] or "model-bound" in lines[2])
+
+
+def test_both_target_assignments_are_profiled() -> None:
+    # the loss's masked candidates (the GPU default) and compacted positives (the CPU default) each show up as the
+    # 'assign' region, and the patched functions are restored afterwards
+    from effteacher.losses import detection
+
+    before = (detection.assign_targets, detection.assign_candidates)
+    for sync_free in (True, False):
+        r = gpu_profile.step_profile(gpu_profile.torch.device("cpu"), 64, 2, False, 1, sync_free=sync_free)
+        assert r["assign"] > 0 and r["img/s"] > 0 and "syncs" not in r
+    assert (detection.assign_targets, detection.assign_candidates) == before

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from effteacher.losses.assign import assign_targets
+from effteacher.losses.assign import assign_candidates, assign_targets
 
 
 def cells(lt) -> set[tuple[int, int, int]]:
@@ -35,3 +35,20 @@ def test_assignment_border_and_multiple_levels() -> None:
     # target 1 is 0.2 cells at level 0 (ratio 5 vs anchor 1): unmatched. At level 1 (2x2) the sizes
     # are 0.1 and 0.5 cells against anchor 4 (ratios 40 and 8): nothing matches there.
     assert not torch.any(l0.rows == 1) and l1.rows.numel() == 0
+
+
+def test_candidates_have_fixed_sizes_and_mask_the_positives() -> None:
+    # sizes depend on the number of targets only (no data-dependent shape, hence no GPU sync); the valid rows
+    # are assign_targets' positives in the same order
+    anchors = torch.tensor([[[1.0, 1.0], [2.0, 2.0], [8.0, 8.0]], [[4.0, 4.0]] * 3])
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        t = torch.cat([torch.randint(0, 2, (7, 1), generator=g).float(), torch.zeros(7, 1),
+                       torch.rand(7, 4, generator=g) * 0.5 + 0.05], 1)
+        cands = assign_candidates(t, anchors, [(8, 8), (4, 4)])
+        for c, p in zip(cands, assign_targets(t, anchors, [(8, 8), (4, 4)])):
+            assert all(x.shape[0] == 5 * 3 * 7 for x in c)
+            assert int(c.valid.sum()) == p.b.numel()
+            for name in ("b", "a", "gj", "gi", "tbox", "rows"):
+                torch.testing.assert_close(getattr(c, name)[c.valid], getattr(p, name))
+            assert torch.all((c.gi >= 0) & (c.gj >= 0))

@@ -167,3 +167,46 @@ def test_overfit_two_tiny_images() -> None:
         first = loss.item() if first is None else first
         last = loss.item()
     assert last < 0.5 * first
+
+
+def loss_case(nc: int, cols: int, expected: float | None, ciou: bool, extra: torch.Tensor | None = None,
+              sync_free: bool = True):
+    """A seeded batch of 40 targets (6, 9 or 9 + nc columns) on 4 images at 128 px: (loss, parts, grad norms)."""
+    g = torch.Generator().manual_seed(3)
+    n = 40
+    t = torch.cat([torch.randint(0, 4, (n, 1), generator=g).float(), torch.randint(0, nc, (n, 1), generator=g).float(),
+                   torch.rand(n, 2, generator=g), torch.rand(n, 2, generator=g) * 0.5 + 0.01], 1)
+    if cols >= 9:
+        t = torch.cat([t, (torch.rand(n, 2, generator=g) > 0.3).float(), torch.rand(n, 1, generator=g) * 2 - 1], 1)
+    if cols > 9:
+        t = torch.cat([t, torch.softmax(torch.randn(n, nc, generator=g), 1)], 1)
+    if extra is not None:
+        t = torch.cat([t, extra[:, :t.shape[1]]], 0)
+    raw = raw_for(nc, bs=4, size=128, seed=5)
+    loss_fn = DetectionLoss(fake_model(nc), LossConfig(iou_type="ciou" if ciou else "giou"), 128)
+    loss_fn.sync_free = sync_free
+    loss, parts = loss_fn(raw, t, expected)
+    loss.backward()
+    return loss.item(), parts, [r.grad.double().norm().item() for r in raw]
+
+
+@pytest.mark.parametrize("sync_free", [True, False])
+@pytest.mark.parametrize("case, want", [
+    ((3, 6, None, True), [1.4008181, 0.1309205, 0.1736386, 0.0456454, 0.0073836, 0.0048608, 0.0076529]),
+    ((5, 9, 20.0, True), [1.5054512, 0.1306481, 0.1713164, 0.0743983, 0.0077523, 0.0063036, 0.0089289]),
+    ((4, 13, None, False), [1.5466018, 0.1497515, 0.1753508, 0.0615482, 0.0089151, 0.0085507, 0.0140426]),
+])
+def test_loss_values_unchanged_by_masked_assignment(case, want, sync_free) -> None:
+    # values of the loss as it was with compacted positives only, before the GPU path's masked candidates
+    loss, parts, grads = loss_case(*case, sync_free=sync_free)
+    got = [loss, parts["box"].item(), parts["obj"].item(), parts["cls"].item(), *grads]
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_zero_size_target_changes_nothing_and_stays_finite() -> None:
+    # a zero-size row matches no anchor; its candidates are all invalid and must not bring a NaN into the grads
+    pad = torch.tensor([[1.0, 2.0, 0.5, 0.5, 0.0, 0.0, 1.0, 1.0, -1.0] + [0.25] * 4])
+    loss, parts, grads = loss_case(4, 13, None, True)
+    loss_p, parts_p, grads_p = loss_case(4, 13, None, True, extra=pad)
+    assert loss_p == pytest.approx(loss, rel=1e-6)
+    assert grads_p == pytest.approx(grads, rel=1e-6) and all(math.isfinite(g) for g in grads_p)
