@@ -25,6 +25,8 @@ def test_demo_generator_tiny(tmp_path):
 
 
 def test_demo_profile():
-    """`--data demo` trains the demo's schedule: 96 px, a fixed burn-in then SSOD, the teacher's short EMA."""
+    """`--data demo` trains the demo's schedule: 96 px, 3,000 burn-in iterations at a constant LR, then SSOD for
+    half as many, the teacher's short EMA."""
     cfg = defaults_for("demo")
-    assert (cfg.imgsz, cfg.burn_in, cfg.epochs) == (96, 600, 620) and cfg.ssod.teacher_decay == 0.99
+    assert (cfg.imgsz, cfg.burn_in, cfg.epochs) == (96, "auto", 0) and cfg.ssod.teacher_decay == 0.99
+    assert (cfg.sched.min_steps, cfg.sched.max_steps, cfg.sched.ssod_factor) == (3000, 3000, 0.5)
