@@ -157,7 +157,29 @@ def hand_over_to_ssod(parts: TrainParts, run: RunInfo) -> SSODPhase:
     if run.ctx.is_main:
         info(f"burn-in done after {plan.burn} epochs ({plan.iters_until(plan.burn)} iterations): student <- EMA "
              f"weights, teacher = EMA (decay {decay:.4f}); {plan.end - plan.burn} SSOD epochs follow")
+    if run.cfg.ssod.threshold_pass and state.thresholds.kind != "fixed":
+        threshold_pass(parts, state, run, plan.burn)
     return SSODPhase(parts, state, run)
+
+
+def threshold_pass(parts: TrainParts, state: SSODState, run: RunInfo, epoch: int) -> None:
+    """First thresholds from the teacher's scores on the weak views the first SSOD epoch will see (no training).
+
+    Without it the first SSOD epoch uses the start values ``ssod.tau1``/``ssod.tau2``, since the adaptor learns
+    from the previous epoch's scores; resuming after the hand-over restores the thresholds from last.pt instead.
+    """
+    s, loader = run.cfg.ssod, state.unlabeled.loader
+    _set_loader_epoch(loader, epoch)  # the same order and views as the first SSOD epoch
+    floor = min(0.05, float(state.thresholds.tau1.min()))
+    for batch in loader:
+        dets, _ = teacher_predict(parts.ema.module, parts.to_input(batch[0]), s, floor, parts.autocast_dtype)
+        state.thresholds.observe(*observed_scores(dets, s))
+        state.class_gate.observe(dets)
+    state.end_epoch(run.ctx)
+    if run.ctx.is_main:
+        th = state.thresholds
+        info(f"first thresholds from one teacher pass over the unlabeled images: tau1 {float(th.tau1.mean()):.2f}, "
+             f"tau2 {float(th.tau2.mean()):.2f} (class means)")
 
 
 def _set_loader_epoch(loader: Any, epoch: int) -> None:

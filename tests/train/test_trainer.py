@@ -204,6 +204,25 @@ def test_ssod_run_with_unlabeled_mosaic_reports_pseudo_precision(tiny_data, tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("on", [True, False])
+def test_threshold_pass_sets_the_first_ssod_epochs_thresholds(tiny_data, tmp_path, on):
+    """ssod.threshold_pass: the first SSOD epoch already uses adaptor thresholds (bounded, >= 0.05 for every class
+    the teacher scored, so their class mean leaves the start values); without it, the start values (tau1/tau2 1e-4/5e-4 here, low enough for the tiny teacher's scores to reach the adaptor)."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"ssod": {"threshold_pass": on, "tau1": 0.0001, "tau2": 0.0005}}))
+    res = _train(["--data", str(tiny_data), "--labeled", "25%", "--epochs", "2", "--burn-in", "1", *TINY,
+                  "--project", str(tmp_path), "--name", "p", "--cfg", str(cfg)])
+    assert res.exit_code == 0, res.output
+    assert ("first thresholds from one teacher pass" in res.output) == on
+    first_ssod = _rows(tmp_path / "p")[1]
+    tau1, tau2 = float(first_ssod["pseudo/tau1"]), float(first_ssod["pseudo/tau2"])
+    if on:
+        assert tau1 > 0.001 and tau2 > 0.01
+    else:
+        assert (tau1, tau2) == pytest.approx((0.0001, 0.0005), abs=1e-6)
+
+
+@pytest.mark.slow
 def test_auto_burn_in_hands_over_on_plateau_and_resume_keeps_it(tiny_data, tmp_path):
     """Default ``--burn-in auto`` with tiny step windows: it logs why it handed over, saves burn_in.pt, runs the whole
     SSOD phase, and a run resumed from that state keeps the decision (same burn-in length, same planned end)."""
