@@ -108,14 +108,22 @@ class ThresholdStrategy:
         return float(self.tau1.min())
 
     def observe(self, scores: Tensor, classes: Tensor, n_images: int = 0) -> None:
-        """Accumulate (K,) scores and (K,) classes of one batch (plus its image count, optional)."""
-        self._scores.append(scores.detach().float().reshape(-1).cpu())
-        self._classes.append(classes.detach().long().reshape(-1).cpu())
+        """Accumulate (K,) scores and (K,) classes of one batch (plus its image count, optional).
+
+        They stay on their device until the epoch ends (no host sync per batch on an accelerator).
+        """
+        self._scores.append(scores.detach().float().reshape(-1))
+        self._classes.append(classes.detach().long().reshape(-1))
         self._n_images += int(n_images)
 
+    def _buffers(self) -> tuple[Tensor, Tensor]:
+        """The unfinished epoch's (scores, classes) on the CPU."""
+        s = torch.cat([t.cpu() for t in self._scores]) if self._scores else torch.zeros(0)
+        c = torch.cat([t.cpu() for t in self._classes]) if self._classes else torch.zeros(0, dtype=torch.long)
+        return s, c
+
     def _epoch_buffers(self, all_gather: GatherFn | None) -> tuple[Tensor, Tensor, int]:
-        s = torch.cat(self._scores) if self._scores else torch.zeros(0)
-        c = torch.cat(self._classes) if self._classes else torch.zeros(0, dtype=torch.long)
+        s, c = self._buffers()
         n = torch.tensor([float(self._n_images)])
         if all_gather is not None:
             s, c, n = all_gather(s), all_gather(c), all_gather(n)
@@ -146,12 +154,13 @@ class ThresholdStrategy:
 
     def state_dict(self) -> dict[str, Any]:
         """Thresholds and the unfinished epoch's buffer (plain tensors) for exact resume."""
+        scores, classes = self._buffers()
         return {
             "kind": self.kind,
             "tau1": self.tau1.clone(),
             "tau2": self.tau2.clone(),
-            "scores": torch.cat(self._scores) if self._scores else torch.zeros(0),
-            "classes": torch.cat(self._classes) if self._classes else torch.zeros(0, dtype=torch.long),
+            "scores": scores,
+            "classes": classes,
             "n_images": int(self._n_images),
         }
 

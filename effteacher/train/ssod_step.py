@@ -51,8 +51,9 @@ def dense_for(raw_t: list[torch.Tensor] | None, M: torch.Tensor, teacher: nn.Mod
 
 
 def observed_scores(dets: list[torch.Tensor], s: SSODConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores, classes) the threshold strategy learns from: the score the assigner thresholds (joint or objectness)."""
-    d = torch.cat(dets, 0).detach().cpu()
+    """(scores, classes) the threshold strategy learns from: the score the assigner thresholds (joint or objectness),
+    on the detections' device."""
+    d = torch.cat(dets, 0).detach()
     return (d[:, 6] if s.score == "obj" else d[:, 4]), d[:, 5].long()
 
 

@@ -73,17 +73,17 @@ def transform_boxes(boxes: Any, matrix: Any) -> Any:
     """Map xyxy boxes through a 3x3 projective matrix; the result is the corners' bounding box.
 
     boxes: (n, 4) xyxy in the source image's pixels. matrix: (3, 3) mapping source pixel
-    coordinates (x, y, 1) to destination pixels. Returns (n, 4) xyxy in destination pixels
-    (not clipped). Works for numpy and torch.
+    coordinates (x, y, 1) to destination pixels, or (torch only) (n, 3, 3), one matrix per box.
+    Returns (n, 4) xyxy in destination pixels (not clipped). Works for numpy and torch.
     """
     n = boxes.shape[0]
     is_torch = hasattr(boxes, "new_ones")
     if is_torch:
-        corners = boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(n * 4, 2)
-        ones = boxes.new_ones(n * 4, 1)
-        pts = torch.cat([corners, ones], 1) @ matrix.to(boxes.dtype).T
-        pts = pts[:, :2] / pts[:, 2:3]
-        pts = pts.reshape(n, 4, 2)
+        corners = boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(n, 4, 2)
+        pts = torch.cat([corners, boxes.new_ones(n, 4, 1)], 2)  # (n, 4, 3)
+        m = matrix.to(boxes.dtype)
+        pts = pts @ (m.transpose(-1, -2) if m.ndim == 3 else m.T)
+        pts = pts[..., :2] / pts[..., 2:3]
         return torch.cat([pts.amin(1), pts.amax(1)], 1)
     corners = boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(n * 4, 2)
     pts = np.concatenate([corners, np.ones((n * 4, 1), dtype=corners.dtype)], 1) @ np.asarray(matrix).T

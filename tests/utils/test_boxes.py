@@ -38,6 +38,20 @@ def test_transform_boxes_flip_and_scale():
     np.testing.assert_allclose(transform_boxes(b, rot), [[40, 10, 80, 30]])
 
 
+def test_transform_boxes_one_matrix_per_box_equals_one_call_per_matrix():
+    """(n, 3, 3) matrices, as the Pseudo Label Assigner maps a batch's boxes: row i goes through matrix i."""
+    g = torch.Generator().manual_seed(0)
+    boxes = torch.rand(6, 2, generator=g) * 50
+    boxes = torch.cat([boxes, boxes + 1 + torch.rand(6, 2, generator=g) * 40], 1)
+    mats = torch.eye(3).repeat(6, 1, 1)
+    mats[:, :2, :2] += torch.rand(6, 2, 2, generator=g) * 0.4 - 0.2  # scale, shear, rotation-like
+    mats[:, :2, 2] = torch.rand(6, 2, generator=g) * 30
+    mats[:, 2, :2] = torch.rand(6, 2, generator=g) * 1e-3  # perspective
+    one_each = torch.cat([transform_boxes(boxes[i:i + 1], mats[i]) for i in range(6)])
+    assert torch.allclose(transform_boxes(boxes, mats), one_each, atol=1e-5)
+    assert transform_boxes(boxes[:0], mats[:0]).shape == (0, 4)
+
+
 def test_box_candidates_and_scale_boxes():
     before = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10]], dtype=np.float32)
     after = np.array([[0, 0, 10, 10], [0, 0, 1.5, 10], [0, 0, 3, 3]], dtype=np.float32)
