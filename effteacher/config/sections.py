@@ -43,6 +43,9 @@ class AugmentConfig:
                                            "4-image mosaic with 3 other unlabeled images and the labeled mosaic's "
                                            "affine (Efficient Teacher); the strong view is made from it; 0 = off.",
                                    PROB)
+    unlabeled_mixup: float = setting(0.0, "Probability that an unlabeled strong view is blended with another of its "
+                                          "batch (Beta(32, 32) ratio), taking that view's pseudo labels too; "
+                                          "0 = off.", PROB)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from effteacher.data.augment import MIXUP_BETA
 from effteacher.utils.boxes import clip_boxes, transform_boxes, xyxy2xywhn
 
 
@@ -119,3 +120,28 @@ def assign_pseudo_labels(
         "reliable": rel,
     }
     return targets, stats
+
+
+def mix_strong_views(x: Tensor, targets: Tensor, p: float) -> tuple[Tensor, Tensor]:
+    """Unlabeled mixup: with probability ``p`` each strong view i is blended with another view j of its batch.
+
+    x: (B, 3, H, W) float strong views; targets: (N, C) pseudo targets with the image index in column 0 (the
+    ``assign_pseudo_labels`` layout). A mixed view becomes ``r * x_i + (1 - r) * x_j`` with r ~ Beta(32, 32)
+    and takes j's pseudo targets next to its own (both sets whole, as in labeled mixup); its partner j != i is
+    drawn uniformly. Draws use torch's global generator (seeded by the run, restored on resume).
+    Returns (x, targets) unchanged for p == 0 or B < 2.
+    """
+    nb = x.shape[0]
+    if p <= 0 or nb < 2:
+        return x, targets
+    mixed = torch.rand(nb) < p
+    partner = (torch.arange(nb) + torch.randint(1, nb, (nb,))) % nb  # never the view itself
+    r = torch.distributions.Beta(MIXUP_BETA, MIXUP_BETA).sample((nb,))
+    w = torch.where(mixed, r, torch.ones(nb)).to(x).view(nb, 1, 1, 1)
+    x = w * x + (1 - w) * x[partner.to(x.device)]
+    dst = mixed.nonzero().flatten()  # (M,) mixed views
+    img = targets[:, 0].long().cpu()
+    m, n = (img[None, :] == partner[dst][:, None]).nonzero(as_tuple=True)  # partner rows, per mixed view
+    extra = targets[n.to(targets.device)].clone()
+    extra[:, 0] = dst[m].to(extra)
+    return x, torch.cat([targets, extra], 0)

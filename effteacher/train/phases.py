@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from effteacher.config import TrainConfig
 from effteacher.ssod.domain import da_ramp
-from effteacher.ssod.pseudo import assign_pseudo_labels
+from effteacher.ssod.pseudo import assign_pseudo_labels, mix_strong_views
 from effteacher.ssod.teacher import hand_over
 from effteacher.train.parts import TrainParts
 from effteacher.train.schedule import teacher_decay
@@ -112,6 +112,8 @@ class SSODPhase:
         targets_u, stats = assign_pseudo_labels(dets, M, tuple(x_s.shape[-2:]), tau1, tau2, s.obj_box_thres,
                                                 soft_cls=s.soft_cls, score_mode=s.score,
                                                 cls_thres=st.class_gate.thres)
+        if self.run.cfg.aug.unlabeled_mixup > 0:
+            x_s, targets_u = mix_strong_views(x_s, targets_u, self.run.cfg.aug.unlabeled_mixup)
         st.thresholds.observe(*observed_scores(dets, s))
         st.class_gate.observe(dets)
         dense = dense_for(raw_t, M, teacher, tuple(x_w.shape[-2:]), s, self.run.cfg.loss.balance, st.dense_gains)
@@ -122,6 +124,8 @@ class SSODPhase:
         if self.run.data.hidden_labels_known:
             items.update(pseudo_quality(dets, hidden, x_w.shape[-2:], tau2, s))
         if i < 3 and self.run.ctx.is_main and epoch == p.plan.burn:
+            if self.run.cfg.aug.unlabeled_mixup > 0:  # the picture shows what the student sees
+                strong = (x_s.float() * 255).round().clamp(0, 255).to(torch.uint8).cpu()
             plot_pseudo_batch(weak, strong, [d.cpu() for d in dets], targets_u.cpu(), self.run.data.names,
                               self.run.run_dir / f"pseudo_batch{i}.jpg", float(st.thresholds.tau2.mean()))
         return Step(out.loss, items, targets_l.shape[0], imgs_l.shape[-1])

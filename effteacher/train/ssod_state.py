@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from effteacher.config import TrainConfig
 from effteacher.data.loaders import UnlabeledDataset
+from effteacher.errors import ConfigError
 from effteacher.data.sampling import build_loader
 from effteacher.losses.detection import DetectionLoss
 from effteacher.ssod.class_gate import ClassGate
@@ -87,6 +88,9 @@ def build_ssod_state(cfg: TrainConfig, data: TrainData, model: nn.Module, unlabe
     s, nc = cfg.ssod, len(data.names)
     loss_unsup = DetectionLoss(model, cfg.loss, cfg.imgsz, gains=(s.unsup_box, s.unsup_obj, s.unsup_cls))
     dense_gains = (loss_unsup.gain_obj, loss_unsup.gain_cls)
+    if s.dense_topk > 0 and cfg.aug.unlabeled_mixup > 0:
+        raise ConfigError("ssod.dense_topk and aug.unlabeled_mixup cannot be combined: the teacher's dense maps "
+                          "are of the unmixed views; set one of them to 0")
     if s.dense_topk > 0:  # objectness and class come from the teacher's dense maps; boxes stay sparse
         loss_unsup = DetectionLoss(model, cfg.loss, cfg.imgsz, gains=(s.unsup_box, 0.0, 0.0))
     disc = DomainDiscriminator(model.feature_channels).to(device) if s.domain_adapt else None

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from effteacher.ssod.metrics import pseudo_precision_recall
-from effteacher.ssod.pseudo import assign_pseudo_labels
+from effteacher.ssod.pseudo import assign_pseudo_labels, mix_strong_views
 
 S = 64.0
 EYE = torch.eye(3)
@@ -176,3 +176,30 @@ def test_pla_objectness_score_mode_and_class_gate():
     assert find(gated, 0, 20.0)[6].item() == 0.0 and find(gated, 0, 15.0)[6].item() == 1.0
     with pytest.raises(ValueError, match="score_mode"):
         assign_pseudo_labels([d], EYE[None], (64, 64), TAU1, TAU2, score_mode="cls")
+
+
+def test_unlabeled_mixup_blends_views_and_joins_their_pseudo_targets():
+    """p = 1 with two views: each is blended with the other (ratio in (0, 1)) and carries both target sets."""
+    torch.manual_seed(0)
+    x = torch.stack([torch.zeros(3, 8, 8), torch.ones(3, 8, 8)])
+    t = torch.tensor([row(0, 0, 0, 0, 10, 10, 1, 1, -1), row(1, 1, 20, 20, 40, 40, 0, 0, 0.7),
+                      row(1, 0, 5, 5, 15, 15, 1, 1, -1)])
+    xm, tm = mix_strong_views(x, t, 1.0)
+    r0, r1 = 1 - float(xm[0, 0, 0, 0]), float(xm[1, 0, 0, 0])  # view i keeps r_i of itself (view 0 is 0, view 1 is 1)
+    assert 0.2 < r0 < 0.8 and 0.2 < r1 < 0.8
+    assert torch.allclose(xm[0], torch.full((3, 8, 8), 1 - r0)) and torch.allclose(xm[1], torch.full((3, 8, 8), r1))
+    assert tm.shape == (6, 9)
+    for img, expected in ((0, 3), (1, 3)):  # view 0: its own box + view 1's two; view 1: its two + view 0's one
+        assert int((tm[:, 0] == img).sum()) == expected
+    # a copied target keeps every column but the image index
+    copied = tm[3:]
+    assert {tuple(r[1:].tolist()) for r in copied} == {tuple(r[1:].tolist()) for r in t}
+
+
+def test_unlabeled_mixup_off_or_single_view_changes_nothing():
+    x, t = torch.rand(2, 3, 8, 8), torch.tensor([row(0, 0, 0, 0, 10, 10, 1, 1, -1)])
+    for xin, p in ((x, 0.0), (x[:1], 1.0)):
+        xm, tm = mix_strong_views(xin, t, p)
+        assert xm is xin and tm is t
+    xm, tm = mix_strong_views(x, torch.zeros(0, 9), 1.0)  # no pseudo targets: views still mixed, none invented
+    assert tm.shape == (0, 9) and not torch.equal(xm, x)

@@ -190,9 +190,11 @@ def test_ssod_threshold_strategies_run(tiny_data, tmp_path, extra):
 
 @pytest.mark.slow
 def test_ssod_run_with_unlabeled_mosaic_reports_pseudo_precision(tiny_data, tmp_path):
-    """aug.unlabeled_mosaic 1.0: every teacher view is a mosaic; low fixed thresholds give reliable pseudo boxes."""
+    """aug.unlabeled_mosaic 1.0: every teacher view is a mosaic; with aug.unlabeled_mixup 1.0 every strong view is
+    blended with another; low fixed thresholds give reliable pseudo boxes."""
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump({"aug": {"unlabeled_mosaic": 1.0}, "ssod": {"tau1": 0.0001, "tau2": 0.0005}}))
+    cfg.write_text(yaml.safe_dump({"aug": {"unlabeled_mosaic": 1.0, "unlabeled_mixup": 1.0},
+                                   "ssod": {"tau1": 0.0001, "tau2": 0.0005}}))
     res = _train(["--data", str(tiny_data), "--labeled", "25%", "--epochs", "2", "--burn-in", "1", *TINY,
                   "--thresholds", "fixed", "--project", str(tmp_path), "--name", "m", "--cfg", str(cfg)])
     assert res.exit_code == 0, res.output
@@ -200,7 +202,18 @@ def test_ssod_run_with_unlabeled_mosaic_reports_pseudo_precision(tiny_data, tmp_
     assert float(rows[1]["unsup/obj_loss"]) > 0.0
     assert 0.0 <= float(rows[1]["pseudo/precision"]) <= 1.0 and 0.0 <= float(rows[1]["pseudo/recall"]) <= 1.0
     last = torch.load(tmp_path / "m/weights/last.pt", weights_only=True)
-    assert last["args"]["aug"]["unlabeled_mosaic"] == 1.0
+    assert last["args"]["aug"]["unlabeled_mosaic"] == 1.0 and last["args"]["aug"]["unlabeled_mixup"] == 1.0
+    assert (tmp_path / "m/pseudo_batch0.jpg").stat().st_size > 0
+
+
+def test_dense_targets_with_unlabeled_mixup_stop_with_one_line(tiny_data, tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"aug": {"unlabeled_mixup": 0.5}, "ssod": {"dense_topk": 0.05}}))
+    res = CliRunner().invoke(app, ["train", "--data", str(tiny_data), "--labeled", "25%", "--epochs", "2",
+                                   "--burn-in", "1", *TINY, "--project", str(tmp_path / "runs"), "--cfg", str(cfg)])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert "ssod.dense_topk and aug.unlabeled_mixup cannot be combined" in res.output
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
 @pytest.mark.slow
