@@ -123,7 +123,7 @@ class SSODConfig:
                                    FRACTION)
     thresholds: Literal["adaptor", "fixed", "gmm"] = setting(
         "adaptor", "Pseudo-label thresholds: adaptor, fixed or gmm.", flag="--thresholds")
-    threshold_pass: bool = setting(False, "Before the first SSOD epoch, one teacher pass over the unlabeled images "
+    threshold_pass: bool = setting(True, "Before the first SSOD epoch, one teacher pass over the unlabeled images "
                                           "(weak views, no training) sets the adaptor/gmm thresholds from the "
                                           "teacher's own scores instead of the start values tau1/tau2.")
     ea_alpha: float = setting(0.6, "Epoch Adaptor: tau2 keeps the top alpha of the expected boxes.",
