@@ -2,7 +2,8 @@
 
 The same images (the generated sample at one size), batch and thread count for all. Each model trains as a
 bare step (forward + its own loss + backward + SGD step) and predicts (forward + its own NMS) at batch 1 and
-``--batch``; effteacher also in bf16 autocast (CPUs with native bf16) and channels-last, and as a real
+``--batch`` with a copy of the model fused as each tool's predict runs it (BatchNorm folded into the
+convolutions: effteacher's .pt backend, YOLOv5's detect.py and ultralytics' predict all do); effteacher also in bf16 autocast (CPUs with native bf16) and channels-last, and as a real
 ``Trainer`` epoch (loader, augmentation, EMA) in fp32 and in its default precision. Runs are interleaved
 (one of each per round) and quoted as min/median/max img/s. GFLOPs of every model come from one counter
 (torch.utils.flop_counter.FlopCounterMode) at 640 px, batch 1, forward.
@@ -13,6 +14,7 @@ bare step (forward + its own loss + backward + SGD step) and predicts (forward +
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import sys
@@ -83,6 +85,7 @@ def effteacher_entries(x: torch.Tensor, t: torch.Tensor, imgsz: int) -> list[Ent
     """effteacher n: fp32, channels-last, and bf16 (+ channels-last) where the CPU has native bf16."""
     from effteacher.config import TrainConfig
     from effteacher.losses.detection import DetectionLoss
+    from effteacher.models.blocks import fuse_conv_bn
     from effteacher.models.build import build_model
     from effteacher.models.head import decode
     from effteacher.models.postprocess import non_max_suppression
@@ -103,8 +106,10 @@ def effteacher_entries(x: torch.Tensor, t: torch.Tensor, imgsz: int) -> list[Ent
         def train(m=model, o=opt, c=crit, xi=xi, d=dtype) -> None:
             step(m, o, lambda raw: c(raw, t)[0], xi, d)
 
-        def predict(xb: torch.Tensor, m=model) -> Any:
-            return non_max_suppression(decode(m(xb), m.anchors, m.stride), 0.25, 0.45)
+        pm = fuse_conv_bn(copy.deepcopy(model).eval()).to(memory_format=fmt)  # as the .pt backend runs it
+
+        def predict(xb: torch.Tensor, m=pm) -> Any:
+            return non_max_suppression(decode(m(xb.contiguous(memory_format=fmt)), m.anchors, m.stride), 0.25, 0.45)
 
         out.append(Entry(f"effteacher n {label}", model, train, None if dtype else predict, gf))
     return out
@@ -127,9 +132,10 @@ def yolov5_entry(x: torch.Tensor, t: torch.Tensor) -> Entry | None:
     model.hyp = yaml.safe_load((root / "data" / "hyps" / "hyp.scratch-low.yaml").read_text())
     gf = forward_gflops(model)
     crit, opt = ComputeLoss(model), sgd(model)
+    pm = copy.deepcopy(model).eval().fuse()  # detect.py: DetectMultiBackend(fuse=True)
 
     def predict(xb: torch.Tensor) -> Any:
-        return non_max_suppression(model(xb)[0], 0.25, 0.45)
+        return non_max_suppression(pm(xb)[0], 0.25, 0.45)
 
     return Entry("yolov5 7.0 n", model, lambda: step(model, opt, lambda p: crit(p, t)[0], x), predict, gf)
 
@@ -150,9 +156,10 @@ def ultralytics_entry(x: torch.Tensor, t: torch.Tensor) -> Entry | None:
     gf = forward_gflops(model)
     crit, opt = v8DetectionLoss(model), sgd(model)
     batch = {"batch_idx": t[:, 0], "cls": t[:, 1:2], "bboxes": t[:, 2:6]}
+    pm = copy.deepcopy(model).eval().fuse(verbose=False)  # its predictor fuses the model it loads
 
     def predict(xb: torch.Tensor) -> Any:
-        out = model(xb)  # eval mode: (decoded, raw) or the decoded tensor alone
+        out = pm(xb)  # eval mode: (decoded, raw) or the decoded tensor alone
         return non_max_suppression(out[0] if isinstance(out, tuple) else out, 0.25, 0.45)
 
     return Entry(f"ultralytics {ultralytics.__version__} yolov5nu", model, lambda: step(

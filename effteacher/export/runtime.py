@@ -13,6 +13,7 @@ from effteacher.export.backend import Backend
 from effteacher.export.onnx import onnx_session, read_onnx_metadata
 from effteacher.export.openvino import OpenVINOBackend, is_openvino
 from effteacher.export.torchscript import load_torchscript
+from effteacher.models.blocks import fuse_conv_bn
 from effteacher.models.checkpoint import first_line, load_checkpoint, model_from_checkpoint
 from effteacher.models.head import DeployModel
 from effteacher.utils.dist import select_device
@@ -26,11 +27,15 @@ class TorchBackend(Backend):
     format = "pytorch"
 
     def __init__(self, model: torch.nn.Module, names: list[str], imgsz: int | tuple[int, int],
-                 device: torch.device, half: bool = False) -> None:
+                 device: torch.device, half: bool = False, fuse: bool = False) -> None:
+        """fuse: fold BatchNorm into the convolutions (``models.blocks.fuse_conv_bn``), in place: only for a model
+        the backend owns (one it loaded from a file), never one a caller trains on."""
         size = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)
         stride = int(model.stride.max()) if hasattr(model, "stride") else 32
         super().__init__(names, size, stride, device)
         self.model = DeployModel(model).to(self.device).eval()
+        if fuse:
+            fuse_conv_bn(self.model)
         self.half = bool(half and self.device.type == "cuda")
         if self.half:
             self.model.half()
@@ -143,7 +148,8 @@ def load_backend(weights: str | Path, device: str | torch.device = "cpu", half: 
     if suffix == ".pt":
         ckpt = load_checkpoint(path)
         model = model_from_checkpoint(ckpt, dev)
-        return TorchBackend(model, list(ckpt["model"]["names"]), int(ckpt["model"]["imgsz"]), dev, half=half)
+        return TorchBackend(model, list(ckpt["model"]["names"]), int(ckpt["model"]["imgsz"]), dev, half=half,
+                            fuse=True)
     if suffix == ".onnx":
         return OnnxBackend(path, dev)
     if suffix == ".torchscript":

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from effteacher.data.augment import letterbox, load_resized
 from effteacher.errors import CheckpointError, DatasetError
+from effteacher.models.blocks import fuse_conv_bn
 from effteacher.models.checkpoint import load_checkpoint, model_from_checkpoint
 from effteacher.models.head import decode
 from effteacher.models.postprocess import non_max_suppression
@@ -59,13 +60,14 @@ class PassConfig:
 
 
 def load_model(weights: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """(Detector in eval mode, checkpoint dict) from an effteacher .pt; other formats get one clear error."""
+    """(Detector in eval mode with BatchNorm folded into its convolutions, checkpoint dict) from an effteacher .pt;
+    other formats get one clear error."""
     p = Path(weights)
     if p.suffix.lower() != ".pt":
         raise CheckpointError(f"{p}: pseudo labels and ranking need an effteacher .pt checkpoint (they read the "
                               "model's objectness, class probabilities and features); pass weights/best.pt")
     ckpt = load_checkpoint(p)
-    return model_from_checkpoint(ckpt, device), ckpt
+    return fuse_conv_bn(model_from_checkpoint(ckpt, device).eval()), ckpt
 
 
 class _Images(Dataset):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
 class Conv(nn.Module):
@@ -75,3 +76,18 @@ class Concat(nn.Module):
 
     def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat(xs, 1)
+
+
+def fuse_conv_bn(model: nn.Module) -> nn.Module:
+    """Fold every ``Conv`` block's BatchNorm into its convolution, in place, for inference (as YOLOv5's and
+    ultralytics' predict do): the block computes SiLU(conv'(x)) with conv' carrying the BN scale and shift,
+    one kernel less per layer and the same outputs up to float rounding. ``model`` must be in eval mode and
+    is not trainable afterwards; returns it. Blocks already fused and non-``Conv`` layers are left alone.
+    """
+    if model.training:
+        raise ValueError("fuse_conv_bn folds the BatchNorm running statistics: call model.eval() first")
+    for m in model.modules():
+        if isinstance(m, Conv) and isinstance(m.bn, nn.BatchNorm2d):
+            m.conv = fuse_conv_bn_eval(m.conv, m.bn)
+            m.bn = nn.Identity()
+    return model

@@ -162,6 +162,21 @@ def _img(path: Path, h: int = 48, w: int = 64, seed: int = 0) -> Path:
 
 # ------------------------------------------------------------------------------------ 6. messages
 @pytest.mark.slow
+def test_pt_backend_folds_batchnorm_and_predicts_like_the_trained_model(weights: Path) -> None:
+    """A .pt loaded for inference runs with BatchNorm folded into the convolutions; its outputs are the checkpoint
+    model's own (in memory, unfused, as validation during training runs it)."""
+    from effteacher.export.runtime import as_backend
+    from effteacher.models.checkpoint import load_checkpoint, model_from_checkpoint
+
+    be = load_backend(weights)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in be.model.modules())
+    model = model_from_checkpoint(load_checkpoint(weights), torch.device("cpu"))
+    ref = as_backend(model, NAMES, 64)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # a caller's model is not touched
+    x = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(be(x), ref(x), atol=1e-4, rtol=1e-4)
+
+
 def test_predict_names_a_truncated_jpeg_and_goes_on(tmp_path):
     from effteacher.models.build import build_model
     from effteacher.models.checkpoint import make_checkpoint, save_checkpoint
