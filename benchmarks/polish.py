@@ -7,7 +7,9 @@ the same iterations after it:
   EMA evaluated, unlabeled images through the student's batch norm, no pseudo labels;
 - ``polish``: supervised, ``sched.polish_factor`` = the run's ``ssod_factor``: the same LR annealing and the
   model EMA, labeled images only;
-- the plateau itself: the burn-in's best (what ``--supervised`` returned before polishing).
+- the plateau itself: the burn-in's best (what ``--supervised`` returned before polishing);
+- ``handover`` (optional): polish with ``sched.polish_handover``: it starts from the EMA weights and averages its
+  EMA like the control's teacher (the control's schedule without unlabeled images).
 
 If polish reaches the control (within the control's band), the LR annealing is what the control had over
 the plateau, and ``--supervised`` gets it from ``sched.polish_factor``.
@@ -27,7 +29,7 @@ from benchmarks.branch import branch, rows
 from benchmarks.common import parse_arms, record
 from benchmarks.ssod_gain import MAP, band, best
 
-ARMS = ("polish", "ctrl")
+ARMS = ("polish", "ctrl", "handover")
 
 
 def burn_in(src: Path) -> tuple[int, dict[str, Any]]:
@@ -52,6 +54,9 @@ def train(src: Path, arms: list[str], workers: int) -> None:
                                              "sched.polish_factor": float(args["sched"]["ssod_factor"])}, base)
     if "ctrl" in arms:
         branch(src, arm_dir(src, "ctrl"), {"ssod.lambda_u": 0.0}, base)
+    if "handover" in arms:
+        branch(src, arm_dir(src, "handover"), {"supervised": True, "sched.polish_handover": True,
+                                               "sched.polish_factor": float(args["sched"]["ssod_factor"])}, base)
 
 
 def summarise(src: Path) -> None:
@@ -61,6 +66,8 @@ def summarise(src: Path) -> None:
     for arm in ARMS:
         run = arm_dir(src, arm)
         if not (run / "done.json").is_file():
+            if arm == "handover":  # optional arm
+                continue
             raise SystemExit(f"{run} has not finished; train --arms {arm} first")
         after = [r for r in rows(run) if r["epoch"] > burn]
         res[arm] = {"best": best(after), "band": band(after), "end": int(after[-1]["train/iterations"])}
@@ -78,6 +85,14 @@ def summarise(src: Path) -> None:
                f"- control (ssod.lambda_u 0): best {c['best'][MAP]:.4f} at {int(c['best']['train/iterations'])} of "
                f"{c['end']}, band {c['band']:.4f}",
                f"- runs: {arm_dir(src, 'polish')}, {arm_dir(src, 'ctrl')}; command: see benchmarks/polish.py"]
+    if "handover" in res:
+        h = res["handover"]
+        h_met = h["best"][MAP] >= c["best"][MAP] - c["band"]
+        line += (f"; handover {h['best'][MAP]:.3f}+-{h['band']:.3f} (within the control's band: "
+                 f"{'yes' if h_met else 'NO'})")
+        details.insert(2, f"- handover (polish with sched.polish_handover): best {h['best'][MAP]:.4f} at "
+                          f"{int(h['best']['train/iterations'])} of {h['end']}, band {h['band']:.4f}")
+        details[-1] = details[-1].replace("; command", f", {arm_dir(src, 'handover')}; command")
     record(f"polish ({src.name})", line, "\n".join(details))
 
 

@@ -292,6 +292,25 @@ def test_supervised_auto_run_polishes_after_its_plateau(tiny_data, tmp_path):
     assert all(a >= b for a, b in zip(lrs[burn - 1:], lrs[burn:]))
 
 
+@pytest.mark.slow
+def test_polish_handover_polishes_from_the_ema_with_a_teacher_like_ema(tiny_data, tmp_path):
+    """sched.polish_handover: at the plateau the log names the hand-over and the EMA decay; the EMA then runs at
+    that constant decay (no ramp), the SSOD teacher's auto rule over the polishing's optimizer steps."""
+    from effteacher.train.schedule import teacher_decay
+
+    cfg = tmp_path / "sched.yaml"
+    cfg.write_text("sched: {min_steps: 2, max_steps: 6, patience_steps: 2, val_steps: 1, polish_factor: 1.0, "
+                   "polish_handover: true}\n")
+    res = _train(["--data", str(tiny_data), "--supervised", "--labeled", "50%", "--epochs", "0", *TINY, "--cfg",
+                  str(cfg), "--patience", "2", "--project", str(tmp_path), "--name", "polish"])
+    assert res.exit_code == 0, res.output
+    assert "from the EMA weights, EMA decay 0.99" in res.output
+    st = torch.load(tmp_path / "polish/weights/last.pt", weights_only=True)["train_state"]
+    assert st["ema"]["tau"] == 0.0
+    # a few polishing updates: the auto rule's shortest window, 100 updates
+    assert st["ema"]["decay"] == pytest.approx(teacher_decay(0.0, st["burn_epochs"])) == pytest.approx(0.99)
+
+
 def _invoke(args: list[str], **kw):
     return CliRunner().invoke(app, args, **kw)
 
