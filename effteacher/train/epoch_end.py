@@ -6,11 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from effteacher.config import TrainConfig
-from effteacher.ssod.teacher import hand_over
 from effteacher.train.checkpointer import Checkpointer
 from effteacher.train.parts import TrainParts
 from effteacher.train.results_csv import CSVLogger, epoch_summary, results_row
-from effteacher.train.schedule import burn_in_done, patience_out, teacher_decay, val_every_auto
+from effteacher.train.schedule import burn_in_done, patience_out, val_every_auto
 from effteacher.train.tb_logger import TensorBoardLogger
 from effteacher.train.train_data import TrainData
 from effteacher.utils.console import info, warn
@@ -81,23 +80,10 @@ class EpochEnd:
             what = "hand-over to SSOD"
         elif plan.polishing():
             what = f"plateau: polishing for {plan.last_epoch() - plan.burn} epochs with a decaying LR"
-            if self.cfg.sched.polish_handover:
-                what += f", from the EMA weights, EMA decay {self.polish_handover():.4f}"
         else:
             what = "supervised training done"
         info(f"{what} after epoch {o.epoch + 1} ({p.progress.iteration} iterations): {reason}")
         o.decided_stop = p.ssod is None and not plan.polishing()
-
-    def polish_handover(self) -> float:
-        """The SSOD hand-over without unlabeled images: student <- EMA weights, then a teacher-like EMA decay over
-        the polishing's optimizer steps; returns the decay."""
-        p, plan = self.parts, self.parts.plan
-        assert plan.burn is not None
-        hand_over(p.model, p.ema)
-        updates = int((plan.last_epoch() - plan.burn) * plan.nb_burn / plan.accumulate)
-        decay = teacher_decay(self.cfg.ssod.teacher_decay, updates)
-        p.ema.set_decay(decay, tau=0)
-        return decay
 
     def log(self, o: EpochOutcome) -> None:
         """The results.csv row and the epoch's summary lines."""

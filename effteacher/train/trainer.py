@@ -21,6 +21,7 @@ from effteacher.train.phases import (
     RunInfo,
     SSODPhase,
     SupervisedPhase,
+    hand_over_to_polish,
     hand_over_to_ssod,
     run_epoch,
 )
@@ -147,7 +148,10 @@ class Trainer:
 
     def phase_for(self, epoch: int) -> Phase:
         """Burn-in (supervised) epochs until the plan's hand-over, SSOD epochs after it; the swap hands over."""
-        if self.parts.ssod is None or self.parts.plan.in_burn_in(epoch):
+        plan = self.parts.plan
+        if self.parts.ssod is None or plan.in_burn_in(epoch):
+            if epoch == plan.burn and plan.polishing() and self.cfg.sched.polish_handover:
+                hand_over_to_polish(self.parts, self.run_info)  # once: a resume past it restores the EMA's state
             return self.burn_in
         if self.ssod_phase is None:
             if epoch == self.parts.plan.burn:

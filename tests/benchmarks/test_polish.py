@@ -36,3 +36,9 @@ def test_polish_and_control_share_the_burn_in_and_its_length(tmp_path, monkeypat
     assert "handover " in text and "- handover (polish with sched.polish_handover)" in text
     hand = rows(polish.arm_dir(src, "handover"))
     assert hand[:burn] == pol[:burn] and hand[-1]["train/iterations"] == pol[-1]["train/iterations"]
+    import torch
+
+    def ema(arm: str) -> dict:
+        return torch.load(polish.arm_dir(src, arm) / "weights/last.pt", weights_only=True)["train_state"]["ema"]
+
+    assert ema("handover")["tau"] == 0.0 and ema("polish")["tau"] > 0  # the branch handed over at its plateau

@@ -304,7 +304,7 @@ def test_polish_handover_polishes_from_the_ema_with_a_teacher_like_ema(tiny_data
     res = _train(["--data", str(tiny_data), "--supervised", "--labeled", "50%", "--epochs", "0", *TINY, "--cfg",
                   str(cfg), "--patience", "2", "--project", str(tmp_path), "--name", "polish"])
     assert res.exit_code == 0, res.output
-    assert "from the EMA weights, EMA decay 0.99" in res.output
+    assert "polishing from the EMA weights, EMA decay 0.99" in res.output
     st = torch.load(tmp_path / "polish/weights/last.pt", weights_only=True)["train_state"]
     assert st["ema"]["tau"] == 0.0
     # a few polishing updates: the auto rule's shortest window, 100 updates
