@@ -5,8 +5,8 @@ the same iterations after it:
 
 - ``ctrl``: the SSOD phase with ``ssod.lambda_u: 0``: LR annealed over ``ssod_factor`` x the burn-in, the teacher
   EMA evaluated, unlabeled images through the student's batch norm, no pseudo labels;
-- ``polish``: supervised, ``sched.polish_factor`` = the run's ``ssod_factor``: the same LR annealing and the
-  model EMA, labeled images only;
+- ``polish``: supervised, ``sched.polish_factor`` = the run's ``ssod_factor``, ``sched.polish_handover`` off: the
+  same LR annealing and the model EMA, labeled images only;
 - the plateau itself: the burn-in's best (what ``--supervised`` returned before polishing);
 - ``handover`` (optional): polish with ``sched.polish_handover``: it starts from the EMA weights and averages its
   EMA like the control's teacher (the control's schedule without unlabeled images).
@@ -50,7 +50,7 @@ def train(src: Path, arms: list[str], workers: int) -> None:
     _, args = burn_in(src)
     base = replace(from_dict(args), workers=workers)
     if "polish" in arms:
-        branch(src, arm_dir(src, "polish"), {"supervised": True,
+        branch(src, arm_dir(src, "polish"), {"supervised": True, "sched.polish_handover": False,
                                              "sched.polish_factor": float(args["sched"]["ssod_factor"])}, base)
     if "ctrl" in arms:
         branch(src, arm_dir(src, "ctrl"), {"ssod.lambda_u": 0.0}, base)
