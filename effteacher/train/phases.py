@@ -19,9 +19,10 @@ from effteacher.train.ssod_state import SSODState
 from effteacher.train.ssod_step import (
     StudentInputs,
     dense_for,
-    observed_scores,
+    observe_teacher,
     pseudo_quality,
     student_losses,
+    teacher_floor,
     teacher_predict,
 )
 from effteacher.train.train_data import TrainData
@@ -105,17 +106,14 @@ class SSODPhase:
         weak, strong, M, _, hidden = batch
         x_l, x_w, x_s, M = p.to_input(imgs_l), p.to_input(weak), p.to_input(strong), M.to(p.device)
         teacher = p.ema.module
-        # Scores are collected from a low fixed floor so the Epoch Adaptor sees the full distribution.
-        floor = min(0.05, float(st.thresholds.tau1.min()))
-        dets, raw_t = teacher_predict(teacher, x_w, s, floor, p.autocast_dtype)
+        dets, raw_t = teacher_predict(teacher, x_w, s, teacher_floor(st), p.autocast_dtype)
         tau1, tau2 = st.thresholds.tau1.to(p.device), st.thresholds.tau2.to(p.device)
         targets_u, stats = assign_pseudo_labels(dets, M, tuple(x_s.shape[-2:]), tau1, tau2, s.obj_box_thres,
                                                 soft_cls=s.soft_cls, score_mode=s.score,
                                                 cls_thres=st.class_gate.thres)
         if self.run.cfg.aug.unlabeled_mixup > 0:
             x_s, targets_u = mix_strong_views(x_s, targets_u, self.run.cfg.aug.unlabeled_mixup)
-        st.thresholds.observe(*observed_scores(dets, s))
-        st.class_gate.observe(dets)
+        observe_teacher(st, dets, s)
         dense = dense_for(raw_t, M, teacher, tuple(x_w.shape[-2:]), s, self.run.cfg.loss.balance, st.dense_gains)
         ssod_iter = (epoch - (p.plan.burn or 0)) * len(self.loader()) + i
         inputs = StudentInputs(x_l, targets_l.to(p.device), x_s, targets_u, da_ramp(ssod_iter, s.da_rampup), dense)
@@ -190,11 +188,10 @@ def threshold_pass(parts: TrainParts, state: SSODState, run: RunInfo, epoch: int
     """
     s, loader = run.cfg.ssod, state.unlabeled.loader
     _set_loader_epoch(loader, epoch)  # the same order and views as the first SSOD epoch
-    floor = min(0.05, float(state.thresholds.tau1.min()))
+    floor = teacher_floor(state)
     for batch in loader:
         dets, _ = teacher_predict(parts.ema.module, parts.to_input(batch[0]), s, floor, parts.autocast_dtype)
-        state.thresholds.observe(*observed_scores(dets, s))
-        state.class_gate.observe(dets)
+        observe_teacher(state, dets, s)
     state.end_epoch(run.ctx)
     if run.ctx.is_main:
         th = state.thresholds

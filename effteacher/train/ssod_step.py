@@ -57,6 +57,17 @@ def observed_scores(dets: list[torch.Tensor], s: SSODConfig) -> tuple[torch.Tens
     return (d[:, 6] if s.score == "obj" else d[:, 4]), d[:, 5].long()
 
 
+def teacher_floor(state: SSODState) -> float:
+    """The teacher's NMS score floor: low and fixed, so the threshold strategy sees the full score distribution."""
+    return min(0.05, float(state.thresholds.tau1.min()))
+
+
+def observe_teacher(state: SSODState, dets: list[torch.Tensor], s: SSODConfig) -> None:
+    """Feed one batch of teacher detections to what learns from them per epoch: thresholds and class gate."""
+    state.thresholds.observe(*observed_scores(dets, s))
+    state.class_gate.observe(dets)
+
+
 def pseudo_quality(dets: list[torch.Tensor], hidden: torch.Tensor, hw: Any, tau2: torch.Tensor,
                    s: SSODConfig) -> dict[str, float]:
     """Counts of reliable pseudo boxes vs the hidden labels (reporting only): ``pseudo_tp`` matched boxes,
