@@ -156,4 +156,5 @@ class SchedConfig:
                                         "plateau.", Range(lo=0.0))
     polish_handover: bool = setting(False, "Supervised polishing starts from the EMA weights and averages its EMA "
                                            "like the SSOD teacher (decay 0.99-0.999 by the polishing length, or "
-                                           "ssod.teacher_decay), as the lambda_u = 0 control does.")
+                                           "ssod.teacher_decay), as the lambda_u = 0 control does; a longer "
+                                           "supervised EMA window is kept.")

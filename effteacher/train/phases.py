@@ -167,17 +167,22 @@ def hand_over_to_ssod(parts: TrainParts, run: RunInfo) -> SSODPhase:
 def hand_over_to_polish(parts: TrainParts, run: RunInfo) -> None:
     """``sched.polish_handover``, at a supervised run's plateau: the SSOD hand-over without unlabeled images.
 
-    The student continues from the EMA weights and the EMA then averages like the SSOD teacher (decay 0.99-0.999
-    by the polishing's optimizer steps, or ``ssod.teacher_decay``), as the lambda_u = 0 control does.
+    The student continues from the EMA weights. The EMA then averages like the SSOD teacher (decay 0.99-0.999
+    by the polishing's optimizer steps, or ``ssod.teacher_decay``), as the lambda_u = 0 control does, unless
+    the supervised EMA already averages longer: the hand-over only ever lengthens the window.
     """
     plan = parts.plan
     assert plan.burn is not None
     hand_over(parts.model, parts.ema)
     updates = int((plan.last_epoch() - plan.burn) * plan.nb_burn / plan.accumulate)
     decay = teacher_decay(run.cfg.ssod.teacher_decay, updates)
-    parts.ema.set_decay(decay, tau=0)
+    kept = parts.ema.decay >= decay
+    if not kept:
+        parts.ema.set_decay(decay, tau=0)
     if run.ctx.is_main:
-        info(f"polishing from the EMA weights, EMA decay {decay:.4f} ({updates} optimizer steps to go)")
+        what = (f"EMA decay kept at {parts.ema.decay:.4f} (the teacher rule's {decay:.4f} would average shorter)"
+                if kept else f"EMA decay {decay:.4f}")
+        info(f"polishing from the EMA weights, {what} ({updates} optimizer steps to go)")
 
 
 def threshold_pass(parts: TrainParts, state: SSODState, run: RunInfo, epoch: int) -> None:

@@ -311,6 +311,21 @@ def test_polish_handover_polishes_from_the_ema_with_a_teacher_like_ema(tiny_data
     assert st["ema"]["decay"] == pytest.approx(teacher_decay(0.0, st["burn_epochs"])) == pytest.approx(0.99)
 
 
+@pytest.mark.slow
+def test_polish_handover_keeps_a_longer_supervised_ema(tiny_data, tmp_path):
+    """The hand-over only lengthens the EMA window: a supervised EMA over 1,000 updates (decay 0.999) is kept
+    with its ramp, where the teacher rule would set 0.99."""
+    cfg = tmp_path / "sched.yaml"
+    cfg.write_text("sched: {min_steps: 2, max_steps: 6, patience_steps: 2, val_steps: 1, polish_factor: 1.0, "
+                   "polish_handover: true}\noptim: {ema_window: 1000}\n")
+    res = _train(["--data", str(tiny_data), "--supervised", "--labeled", "50%", "--epochs", "0", *TINY, "--cfg",
+                  str(cfg), "--patience", "2", "--project", str(tmp_path), "--name", "polish"])
+    assert res.exit_code == 0, res.output
+    assert "polishing from the EMA weights, EMA decay kept at 0.9990 (the teacher rule's 0.9900" in res.output
+    st = torch.load(tmp_path / "polish/weights/last.pt", weights_only=True)["train_state"]
+    assert st["ema"]["decay"] == pytest.approx(0.999) and st["ema"]["tau"] == pytest.approx(200.0)
+
+
 def _invoke(args: list[str], **kw):
     return CliRunner().invoke(app, args, **kw)
 
