@@ -9,7 +9,9 @@ the same iterations after it:
   same LR annealing and the model EMA, labeled images only;
 - the plateau itself: the burn-in's best (what ``--supervised`` returned before polishing);
 - ``handover`` (optional): polish with ``sched.polish_handover``: it starts from the EMA weights and averages its
-  EMA like the control's teacher (the control's schedule without unlabeled images).
+  EMA like the control's teacher (the control's schedule without unlabeled images);
+- ``teacher_ema`` (optional): polish with ``sched.polish_teacher_ema``: the teacher-like EMA alone, the student
+  keeps its weights.
 
 If polish reaches the control (within the control's band), the LR annealing is what the control had over
 the plateau, and ``--supervised`` gets it from ``sched.polish_factor``.
@@ -29,7 +31,8 @@ from benchmarks.branch import branch, rows
 from benchmarks.common import parse_arms, record
 from benchmarks.ssod_gain import MAP, band, best
 
-ARMS = ("polish", "ctrl", "handover")
+ARMS = ("polish", "ctrl", "handover", "teacher_ema")
+OPTIONAL = {"handover": "sched.polish_handover", "teacher_ema": "sched.polish_teacher_ema"}
 
 
 def burn_in(src: Path) -> tuple[int, dict[str, Any]]:
@@ -49,14 +52,16 @@ def train(src: Path, arms: list[str], workers: int) -> None:
 
     _, args = burn_in(src)
     base = replace(from_dict(args), workers=workers)
+    factor = float(args["sched"]["ssod_factor"])
+    off = {opt: False for opt in OPTIONAL.values()}
     if "polish" in arms:
-        branch(src, arm_dir(src, "polish"), {"supervised": True, "sched.polish_handover": False,
-                                             "sched.polish_factor": float(args["sched"]["ssod_factor"])}, base)
+        branch(src, arm_dir(src, "polish"), {"supervised": True, **off, "sched.polish_factor": factor}, base)
     if "ctrl" in arms:
         branch(src, arm_dir(src, "ctrl"), {"ssod.lambda_u": 0.0}, base)
-    if "handover" in arms:
-        branch(src, arm_dir(src, "handover"), {"supervised": True, "sched.polish_handover": True,
-                                               "sched.polish_factor": float(args["sched"]["ssod_factor"])}, base)
+    for arm, opt in OPTIONAL.items():
+        if arm in arms:
+            branch(src, arm_dir(src, arm), {"supervised": True, **off, opt: True, "sched.polish_factor": factor},
+                   base)
 
 
 def summarise(src: Path) -> None:
@@ -66,7 +71,7 @@ def summarise(src: Path) -> None:
     for arm in ARMS:
         run = arm_dir(src, arm)
         if not (run / "done.json").is_file():
-            if arm == "handover":  # optional arm
+            if arm in OPTIONAL:
                 continue
             raise SystemExit(f"{run} has not finished; train --arms {arm} first")
         after = [r for r in rows(run) if r["epoch"] > burn]
@@ -85,14 +90,16 @@ def summarise(src: Path) -> None:
                f"- control (ssod.lambda_u 0): best {c['best'][MAP]:.4f} at {int(c['best']['train/iterations'])} of "
                f"{c['end']}, band {c['band']:.4f}",
                f"- runs: {arm_dir(src, 'polish')}, {arm_dir(src, 'ctrl')}; command: see benchmarks/polish.py"]
-    if "handover" in res:
-        h = res["handover"]
+    for arm, opt in OPTIONAL.items():
+        if arm not in res:
+            continue
+        h = res[arm]
         h_met = h["best"][MAP] >= c["best"][MAP] - c["band"]
-        line += (f"; handover {h['best'][MAP]:.3f}+-{h['band']:.3f} (within the control's band: "
+        line += (f"; {arm} {h['best'][MAP]:.3f}+-{h['band']:.3f} (within the control's band: "
                  f"{'yes' if h_met else 'NO'})")
-        details.insert(2, f"- handover (polish with sched.polish_handover): best {h['best'][MAP]:.4f} at "
-                          f"{int(h['best']['train/iterations'])} of {h['end']}, band {h['band']:.4f}")
-        details[-1] = details[-1].replace("; command", f", {arm_dir(src, 'handover')}; command")
+        details.insert(-1, f"- {arm} (polish with {opt}): best {h['best'][MAP]:.4f} at "
+                           f"{int(h['best']['train/iterations'])} of {h['end']}, band {h['band']:.4f}")
+        details[-1] = details[-1].replace("; command", f", {arm_dir(src, arm)}; command")
     record(f"polish ({src.name})", line, "\n".join(details))
 
 

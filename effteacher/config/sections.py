@@ -154,6 +154,10 @@ class SchedConfig:
                                         "plateau, train this many times its iterations more with the LR decaying to "
                                         "lrf, as the SSOD phase does (--patience does not cut it); 0 = stop at the "
                                         "plateau.", Range(lo=0.0))
+    polish_teacher_ema: bool = setting(False, "Supervised polishing averages its EMA like the SSOD teacher (decay "
+                                              "0.99-0.999 by the polishing length, or ssod.teacher_decay) where that "
+                                              "is longer than the supervised EMA's window; the student keeps its "
+                                              "weights.")
     polish_handover: bool = setting(False, "Supervised polishing starts from the EMA weights and averages its EMA "
                                            "like the SSOD teacher (decay 0.99-0.999 by the polishing length, or "
                                            "ssod.teacher_decay), as the lambda_u = 0 control does; a longer "

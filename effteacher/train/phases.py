@@ -164,16 +164,18 @@ def hand_over_to_ssod(parts: TrainParts, run: RunInfo) -> SSODPhase:
     return SSODPhase(parts, state, run)
 
 
-def hand_over_to_polish(parts: TrainParts, run: RunInfo) -> None:
-    """``sched.polish_handover``, at a supervised run's plateau: the SSOD hand-over without unlabeled images.
+def hand_over_to_polish(parts: TrainParts, run: RunInfo, restart: bool) -> None:
+    """At a supervised run's plateau, before polishing: the SSOD hand-over without unlabeled images.
 
-    The student continues from the EMA weights. The EMA then averages like the SSOD teacher (decay 0.99-0.999
-    by the polishing's optimizer steps, or ``ssod.teacher_decay``), as the lambda_u = 0 control does, unless
-    the supervised EMA already averages longer: the hand-over only ever lengthens the window.
+    The EMA then averages like the SSOD teacher (decay 0.99-0.999 by the polishing's optimizer steps, or
+    ``ssod.teacher_decay``), as the lambda_u = 0 control does, unless the supervised EMA already averages
+    longer: this only ever lengthens the window (``sched.polish_teacher_ema``). With ``restart``
+    (``sched.polish_handover``) the student also continues from the EMA weights.
     """
     plan = parts.plan
     assert plan.burn is not None
-    hand_over(parts.model, parts.ema)
+    if restart:
+        hand_over(parts.model, parts.ema)
     updates = int((plan.last_epoch() - plan.burn) * plan.nb_burn / plan.accumulate)
     decay = teacher_decay(run.cfg.ssod.teacher_decay, updates)
     kept = parts.ema.decay >= decay
@@ -182,7 +184,8 @@ def hand_over_to_polish(parts: TrainParts, run: RunInfo) -> None:
     if run.ctx.is_main:
         what = (f"EMA decay kept at {parts.ema.decay:.4f} (the teacher rule's {decay:.4f} would average shorter)"
                 if kept else f"EMA decay {decay:.4f}")
-        info(f"polishing from the EMA weights, {what} ({updates} optimizer steps to go)")
+        start = "from the EMA weights" if restart else "from the student's weights"
+        info(f"polishing {start}, {what} ({updates} optimizer steps to go)")
 
 
 def threshold_pass(parts: TrainParts, state: SSODState, run: RunInfo, epoch: int) -> None:

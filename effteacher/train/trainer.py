@@ -150,8 +150,10 @@ class Trainer:
         """Burn-in (supervised) epochs until the plan's hand-over, SSOD epochs after it; the swap hands over."""
         plan = self.parts.plan
         if self.parts.ssod is None or plan.in_burn_in(epoch):
-            if epoch == plan.burn and plan.polishing() and self.cfg.sched.polish_handover:
-                hand_over_to_polish(self.parts, self.run_info)  # once: a resume past it restores the EMA's state
+            sched = self.cfg.sched
+            if epoch == plan.burn and plan.polishing() and (sched.polish_handover or sched.polish_teacher_ema):
+                # once: a resume past it restores the EMA's state
+                hand_over_to_polish(self.parts, self.run_info, restart=sched.polish_handover)
             return self.burn_in
         if self.ssod_phase is None:
             if epoch == self.parts.plan.burn:

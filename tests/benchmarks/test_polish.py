@@ -21,7 +21,7 @@ def test_polish_and_control_share_the_burn_in_and_its_length(tmp_path, monkeypat
                    **{"sched.min_steps": 2, "sched.max_steps": 8, "sched.patience_steps": 2, "sched.val_steps": 1,
                       "sched.ssod_factor": 1.0})
     src = run_arm(tmp_path / "runs", "ssod", base, labeled="25%", seed=0)
-    polish.train(src, ["polish", "ctrl", "handover"], workers=0)
+    polish.train(src, ["polish", "ctrl", "handover", "teacher_ema"], workers=0)
     burn, _ = polish.burn_in(src)
     pol, ctrl = rows(polish.arm_dir(src, "polish")), rows(polish.arm_dir(src, "ctrl"))
     assert pol[:burn] == ctrl[:burn] == rows(src)[:burn]  # one burn-in state
@@ -34,6 +34,7 @@ def test_polish_and_control_share_the_burn_in_and_its_length(tmp_path, monkeypat
     text = (tmp_path / "RESULTS.md").read_text()
     assert "## polish (ssod)" in text and "polish within the control's band:" in text
     assert "handover " in text and "- handover (polish with sched.polish_handover)" in text
+    assert "teacher_ema " in text and "- teacher_ema (polish with sched.polish_teacher_ema)" in text
     hand = rows(polish.arm_dir(src, "handover"))
     assert hand[:burn] == pol[:burn] and hand[-1]["train/iterations"] == pol[-1]["train/iterations"]
     import torch
@@ -42,3 +43,4 @@ def test_polish_and_control_share_the_burn_in_and_its_length(tmp_path, monkeypat
         return torch.load(polish.arm_dir(src, arm) / "weights/last.pt", weights_only=True)["train_state"]["ema"]
 
     assert ema("handover")["tau"] == 0.0 and ema("polish")["tau"] > 0  # the branch handed over at its plateau
+    assert ema("teacher_ema")["tau"] == 0.0 and ema("teacher_ema")["decay"] == ema("handover")["decay"]
