@@ -9,9 +9,11 @@ profile's image size and batch:
   hyp.scratch-low.yaml (flips as the dataset profile: none for digits), ``--noplots``, early stopping
   ``--patience``, at most ``--epochs`` epochs; offline (see benchmarks/peer_runs.py);
 - ``ultralytics``: ``YOLO('yolov5nu.yaml').train(pretrained=False, plots=False, ...)`` likewise;
-- ``sup``, ``ssod``, ``ctrl``: effteacher supervised, SSOD and SSOD at ``ssod.lambda_u 0`` branched from the
-  SSOD burn-in, with the default auto schedules; the runs of benchmarks/ssod_gain.py (same names,
-  ``sup10_s{seed}``, ``ssod10_s{seed}``, ``ctrl10_s{seed}``) are reused when ``--project`` is the same.
+- ``ssod``: effteacher SSOD with the default auto schedule;
+- ``sup``, ``ctrl``: branched from the SSOD run's burn-in state (its supervised plateau): ``sup`` goes on as
+  ``--supervised`` does (polishing, ``sched.polish_factor``), ``ctrl`` is the SSOD phase at ``ssod.lambda_u 0``;
+  all three share one plateau. Finished runs of the same names (``sup10_s{seed}``, ``ssod10_s{seed}``,
+  ``ctrl10_s{seed}``) under ``--project`` are reused.
 
 ``--record`` then scores every finished arm's best weights with ONE evaluator, effteacher's (pycocotools,
 conf 0.001, IoU 0.6, the dataset's val images), next to each run's own validation number, and writes the
@@ -76,15 +78,15 @@ def train_arms(project: Path, data: str, labeled: str, seed: int, which: list[st
                      work)
         if "ultralytics" in which:
             run_peer("ultralytics", {**params, "name": names["ultralytics"]}, work)
-    if "sup" in which:
-        run_arm(project, names["sup"], base, labeled=labeled, supervised=True, seed=seed)
     if "ssod" in which:
         run_arm(project, names["ssod"], base, labeled=labeled, seed=seed)
-    if "ctrl" in which:
-        src = project / names["ssod"]
-        if not (src / "weights/burn_in.pt").is_file():
-            raise SystemExit(f"--arms ctrl: {src} has no burn-in state yet; train --arms ssod first")
-        branch(src, project / names["ctrl"], {"ssod.lambda_u": 0.0}, base)
+    src = project / names["ssod"]
+    for arm, overrides in (("sup", {"supervised": True, "sched.polish_factor": base.sched.polish_factor}),
+                           ("ctrl", {"ssod.lambda_u": 0.0})):
+        if arm in which:
+            if not (src / "weights/burn_in.pt").is_file():
+                raise SystemExit(f"--arms {arm}: {src} has no burn-in state yet; train --arms ssod first")
+            branch(src, project / names[arm], overrides, base)
 
 
 @dataclass

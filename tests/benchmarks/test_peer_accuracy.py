@@ -145,3 +145,23 @@ def test_ultralytics_adapter_matches_its_own_nms(tmp_path: Path) -> None:
         assert len(a) > 5 and len(b) > 5
         k = min(len(a), len(b), 20)
         assert torch.allclose(a[:k], b[:k], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_sup_and_ctrl_branch_from_the_ssod_burn_in(tiny_data: Path, tmp_path: Path) -> None:
+    """sup (as --supervised goes on) and ctrl (lambda_u 0) continue the SSOD arm's burn-in state: one plateau."""
+    from benchmarks.branch import rows
+
+    args = ["--data", str(tiny_data), "--labeled", "50%", "--imgsz", "64", "--max-epochs", "4", "--workers", "0",
+            "--project", str(tmp_path)]
+    with pytest.raises(SystemExit, match="train --arms ssod first"):
+        peer_accuracy.main([*args, "--arms", "sup"])
+    peer_accuracy.main([*args, "--arms", "ssod,sup,ctrl"])
+    project = tmp_path / Path(tiny_data).stem
+    names = peer_accuracy.run_names("50%", 0)
+    ssod, sup, ctrl = (rows(project / names[k]) for k in ("ssod", "sup", "ctrl"))
+    burn = int(torch.load(project / names["ssod"] / "weights/burn_in.pt",
+                          weights_only=True)["train_state"]["epoch"])
+    assert sup[:burn] == ctrl[:burn] == ssod[:burn] and len(sup) == len(ctrl) == len(ssod) == 4
+    assert "unsup/obj_loss" in ctrl[-1] and not sup[-1].get("unsup/obj_loss")  # sup: labeled images only
+    assert all((project / names[k] / "done.json").is_file() for k in ("sup", "ctrl"))
