@@ -292,38 +292,39 @@ def test_supervised_auto_run_polishes_after_its_plateau(tiny_data, tmp_path):
     assert all(a >= b for a, b in zip(lrs[burn - 1:], lrs[burn:]))
 
 
+def _polish(tiny_data, tmp_path, extra: str) -> tuple[str, dict]:
+    """A tiny --supervised auto run that polishes, with ``extra`` YAML (sched options, then any section):
+    its output and the EMA state in last.pt."""
+    cfg = tmp_path / "sched.yaml"
+    cfg.write_text("sched: {min_steps: 2, max_steps: 6, patience_steps: 2, val_steps: 1, polish_factor: 1.0, "
+                   + extra)
+    res = _train(["--data", str(tiny_data), "--supervised", "--labeled", "50%", "--epochs", "0", *TINY, "--cfg",
+                  str(cfg), "--patience", "2", "--project", str(tmp_path), "--name", "polish"])
+    assert res.exit_code == 0, res.output
+    st = torch.load(tmp_path / "polish/weights/last.pt", weights_only=True)["train_state"]
+    return res.output, {**st["ema"], "burn_epochs": st["burn_epochs"]}
+
+
 @pytest.mark.slow
 def test_polish_handover_polishes_from_the_ema_with_a_teacher_like_ema(tiny_data, tmp_path):
     """sched.polish_handover: at the plateau the log names the hand-over and the EMA decay; the EMA then runs at
     that constant decay (no ramp), the SSOD teacher's auto rule over the polishing's optimizer steps."""
     from effteacher.train.schedule import teacher_decay
 
-    cfg = tmp_path / "sched.yaml"
-    cfg.write_text("sched: {min_steps: 2, max_steps: 6, patience_steps: 2, val_steps: 1, polish_factor: 1.0, "
-                   "polish_handover: true}\n")
-    res = _train(["--data", str(tiny_data), "--supervised", "--labeled", "50%", "--epochs", "0", *TINY, "--cfg",
-                  str(cfg), "--patience", "2", "--project", str(tmp_path), "--name", "polish"])
-    assert res.exit_code == 0, res.output
-    assert "polishing from the EMA weights, EMA decay 0.99" in res.output
-    st = torch.load(tmp_path / "polish/weights/last.pt", weights_only=True)["train_state"]
-    assert st["ema"]["tau"] == 0.0
+    out, ema = _polish(tiny_data, tmp_path, "polish_handover: true}\n")
+    assert "polishing from the EMA weights, EMA decay 0.99" in out
+    assert ema["tau"] == 0.0
     # a few polishing updates: the auto rule's shortest window, 100 updates
-    assert st["ema"]["decay"] == pytest.approx(teacher_decay(0.0, st["burn_epochs"])) == pytest.approx(0.99)
+    assert ema["decay"] == pytest.approx(teacher_decay(0.0, ema["burn_epochs"])) == pytest.approx(0.99)
 
 
 @pytest.mark.slow
-def test_polish_handover_keeps_a_longer_supervised_ema(tiny_data, tmp_path):
-    """The hand-over only lengthens the EMA window: a supervised EMA over 1,000 updates (decay 0.999) is kept
-    with its ramp, where the teacher rule would set 0.99."""
-    cfg = tmp_path / "sched.yaml"
-    cfg.write_text("sched: {min_steps: 2, max_steps: 6, patience_steps: 2, val_steps: 1, polish_factor: 1.0, "
-                   "polish_handover: true}\noptim: {ema_window: 1000}\n")
-    res = _train(["--data", str(tiny_data), "--supervised", "--labeled", "50%", "--epochs", "0", *TINY, "--cfg",
-                  str(cfg), "--patience", "2", "--project", str(tmp_path), "--name", "polish"])
-    assert res.exit_code == 0, res.output
-    assert "polishing from the EMA weights, EMA decay kept at 0.9990 (the teacher rule's 0.9900" in res.output
-    st = torch.load(tmp_path / "polish/weights/last.pt", weights_only=True)["train_state"]
-    assert st["ema"]["decay"] == pytest.approx(0.999) and st["ema"]["tau"] == pytest.approx(200.0)
+def test_polish_teacher_ema_keeps_a_longer_supervised_ema(tiny_data, tmp_path):
+    """sched.polish_teacher_ema only lengthens the EMA window: a supervised EMA over 1,000 updates (decay 0.999)
+    is kept with its ramp, where the teacher rule would set 0.99; the student keeps its weights."""
+    out, ema = _polish(tiny_data, tmp_path, "polish_teacher_ema: true}\noptim: {ema_window: 1000}\n")
+    assert "polishing from the student's weights, EMA decay kept at 0.9990 (the teacher rule's 0.9900" in out
+    assert ema["decay"] == pytest.approx(0.999) and ema["tau"] == pytest.approx(200.0)
 
 
 def _invoke(args: list[str], **kw):
