@@ -154,7 +154,7 @@ class SchedConfig:
                                         "plateau, train this many times its iterations more with the LR decaying to "
                                         "lrf, as the SSOD phase does (--patience does not cut it); 0 = stop at the "
                                         "plateau.", Range(lo=0.0))
-    polish_teacher_ema: bool = setting(False, "Supervised polishing averages its EMA like the SSOD teacher (decay "
+    polish_teacher_ema: bool = setting(True, "Supervised polishing averages its EMA like the SSOD teacher (decay "
                                               "0.99-0.999 by the polishing length, or ssod.teacher_decay) where that "
                                               "is longer than the supervised EMA's window; the student keeps its "
                                               "weights.")
