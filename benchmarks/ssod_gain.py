@@ -5,11 +5,11 @@ One invocation = one dataset and one seed (resumable: a killed invocation picks 
 scratch at the dataset profile's image size, with the schedules a user gets by default (``epochs: 0``,
 ``burn_in: auto``) and ``--cfg`` applied to every arm:
 
-- ``sup10_s{seed}``: supervised on the 10% split until validation fitness plateaus (sched.patience_steps).
-  By default this is the burn-in of ``ssod10_s{seed}``: the auto burn-in *is* that procedure (same seed, same
-  split, same plateau rule) and the hand-over is where the supervised run would stop; ``--arms sup10`` trains it
-  as a run of its own instead;
-- ``sup100``: supervised on 100% likewise (seed 0; ``--full``);
+- ``sup10_s{seed}``: what ``--supervised`` does on the 10% split: train to the validation plateau
+  (sched.patience_steps), then polish (``sched.polish_factor``). The auto burn-in of ``ssod10_s{seed}`` *is* the
+  first part (same seed, split and plateau rule), so sup10 branches from its burn-in state and polishes; a seed
+  without a finished sup10 falls back to that plateau (the records before polishing existed), and says so;
+- ``sup100``: supervised on 100% (seed 0; ``--full``), a run of its own with the same schedule;
 - ``ssod10_s{seed}``: SSOD: auto burn-in (the same procedure as sup10), then ``sched.ssod_factor`` x the
   burn-in's iterations of SSOD;
 - ``ctrl10_s{seed}``: branched from ssod10's burn-in state with ``ssod.lambda_u: 0`` (same teacher EMA,
@@ -95,7 +95,7 @@ def burn_epochs(run: Path) -> int:
 
 
 def sup10_rows(project: Path, seed: int) -> list[dict[str, float]]:
-    """Supervised 10%: its own run when one was trained, else the burn-in of ssod10 (the same procedure)."""
+    """Supervised 10%: the polished branch when it has finished, else the burn-in of ssod10 (the plateau)."""
     own = project / f"sup10_s{seed}"
     if (own / "done.json").is_file():
         return rows(own)
@@ -110,23 +110,24 @@ def arms(project: Path, data: str, seed: int, which: list[str], cfg_path: Path |
 
     base = load_overrides(cfg_path, data) if cfg_path else defaults_for(data)
     base = replace(base, data=data, workers=2, epochs=0, burn_in="auto")
-    if "sup10" in which:
-        run_arm(project, f"sup10_s{seed}", base, labeled="10%", supervised=True, seed=seed)
     if "sup100" in which:
         run_arm(project, "sup100", base, labeled="100%", supervised=True, seed=0)
     if "ssod" in which:
         run_arm(project, f"ssod10_s{seed}", base, labeled="10%", seed=seed)
-    if "ctrl" in which:
-        src = project / f"ssod10_s{seed}"
-        while not (src / "weights/burn_in.pt").is_file():  # ssod10 may still be in its burn-in in another process
-            if (src / "done.json").is_file():
-                raise SystemExit(f"{src} finished without a burn-in state")
-            time.sleep(30)
-        branch(src, project / f"ctrl10_s{seed}", {"ssod.lambda_u": 0.0}, base)
+    src = project / f"ssod10_s{seed}"
+    for arm, name, overrides in (("ctrl", f"ctrl10_s{seed}", {"ssod.lambda_u": 0.0}),
+                                 ("sup10", f"sup10_s{seed}",
+                                  {"supervised": True, "sched.polish_factor": base.sched.polish_factor})):
+        if arm in which:
+            while not (src / "weights/burn_in.pt").is_file():  # ssod10 may be in its burn-in in another process
+                if (src / "done.json").is_file():
+                    raise SystemExit(f"{src} finished without a burn-in state")
+                time.sleep(30)
+            branch(src, project / name, overrides, base)
 
 
 def gap_check(project: Path, data: str, seed: int) -> float:
-    """The converged 10%/100% gap; fixed before SSOD results are looked at (sup10 is the burn-in)."""
+    """The converged 10%/100% gap, from the supervised arms only (sup10: polished once finished, else its plateau)."""
     gap = best(rows(project / "sup100"))[MAP] - best(sup10_rows(project, seed))[MAP]
     print(f"converged supervised 10% vs 100% gap: {gap:.4f} mAP50-95", flush=True)
     return gap
@@ -160,7 +161,8 @@ def summarise(project: Path, data: str, partial: bool = False) -> None:
             ctrl = [r for r in ctrl if r["train/iterations"] <= upto]
         after = [r for r in ssod if r["epoch"] > burn]
         after_c = [r for r in ctrl if r["epoch"] > burn]
-        own = f", {wall_s(need[0]) / 60:.0f} min" if _finished(need[0]) else " (the burn-in of SSOD)"
+        own = (f" (polished from the SSOD burn-in's plateau, {wall_s(need[0]) / 60:.0f} min)" if _finished(need[0])
+               else " (the burn-in of SSOD: the plateau, not polished)")
         b, c, s = best(sup), best(ctrl), best(ssod)
         base_best = max(b[MAP], c[MAP])
         ratio = s[MAP] / base_best if base_best > 0 else float("nan")
@@ -212,8 +214,8 @@ def main() -> None:
     ap.add_argument("--data", default="sample-large", choices=["sample", "sample-large"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--full", action="store_true", help="also the supervised 100%% run (once per dataset)")
-    ap.add_argument("--arms", default="", help=f"comma-separated subset of {','.join(ARMS)} (default: ssod,ctrl "
-                    "and sup100 with --full)")
+    ap.add_argument("--arms", default="", help=f"comma-separated subset of {','.join(ARMS)} (default: ssod,ctrl,"
+                    "sup10 and sup100 with --full)")
     ap.add_argument("--cfg", type=Path, default=None, help="YAML of TrainConfig keys for every arm")
     ap.add_argument("--project", type=Path, default=Path("runs/bench"))
     ap.add_argument("--record", action="store_true", help="combine finished runs into RESULTS.md; train nothing")
@@ -221,7 +223,7 @@ def main() -> None:
     a = ap.parse_args()
     project = a.project / a.data
     if not a.record:
-        which = a.arms.split(",") if a.arms else ["ssod", "ctrl"] + (["sup100"] if a.full else [])
+        which = a.arms.split(",") if a.arms else ["ssod", "ctrl", "sup10"] + (["sup100"] if a.full else [])
         unknown = set(which) - set(ARMS)
         if unknown:
             raise SystemExit(f"--arms: unknown {sorted(unknown)}; choose from {', '.join(ARMS)}")

@@ -129,3 +129,34 @@ def test_benchmark_reader_keeps_measured_rows_only(tmp_path):
     assert [r["epoch"] for r in rows(legacy)] == [2.0]  # old files wrote 0 for "not validated"
     out = rows(new)
     assert [r["epoch"] for r in out] == [2.0, 3.0] and "pseudo/precision" not in out[0]
+
+
+@pytest.mark.slow
+def test_ssod_gain_sup10_polishes_from_the_ssod_plateau(src_run, tmp_path, monkeypatch):
+    """sup10 is what --supervised does: the SSOD run's burn-in (its plateau), then supervised to the plan's end;
+    the record names it, and a seed without it falls back to the plateau."""
+    import shutil
+
+    import benchmarks.common as common
+    from benchmarks import ssod_gain
+    from benchmarks.branch import branch, rows
+
+    project = tmp_path / "proj"
+    shutil.copytree(src_run, project / "ssod10_s0")
+    (project / "ssod10_s0" / "done.json").write_text("{}")
+    burn = ssod_gain.burn_epochs(project / "ssod10_s0")
+    args = __import__("torch").load(project / "ssod10_s0/weights/burn_in.pt", weights_only=True)["args"]
+    from effteacher.config import from_dict
+
+    branch(project / "ssod10_s0", project / "ctrl10_s0", {"ssod.lambda_u": 0.0}, replace(from_dict(args), workers=0))
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "RESULTS.md")
+    ssod_gain.summarise(project, "tiny")
+    assert "(the burn-in of SSOD: the plateau, not polished)" in (tmp_path / "RESULTS.md").read_text()
+    assert [r["epoch"] for r in ssod_gain.sup10_rows(project, 0)] == list(range(1, burn + 1))
+    ssod_gain.arms(project, args["data"], 0, ["sup10"], None)
+    sup = rows(project / "sup10_s0")
+    assert sup[:burn] == rows(project / "ssod10_s0")[:burn] and len(sup) == len(rows(project / "ssod10_s0"))
+    assert not sup[-1].get("unsup/obj_loss")  # labeled images only after the plateau
+    assert ssod_gain.sup10_rows(project, 0) == sup
+    ssod_gain.summarise(project, "tiny")
+    assert "(polished from the SSOD burn-in's plateau" in (tmp_path / "RESULTS.md").read_text()
