@@ -51,6 +51,13 @@ def run_arm(project: Path, name: str, base: Any, **changes: Any) -> Path:
     return run_dir
 
 
+def baselines(base: Any) -> dict[str, dict[str, Any]]:
+    """Config overrides that turn an SSOD run's burn-in state (its supervised plateau) into its two baselines:
+    ``sup``, what ``--supervised`` does from there (polishing), and ``ctrl``, the SSOD phase at lambda_u 0."""
+    return {"sup": {"supervised": True, "sched.polish_factor": base.sched.polish_factor},
+            "ctrl": {"ssod.lambda_u": 0.0}}
+
+
 def branch(src: Path, dst: Path, overrides: dict[str, Any], base: Any, epochs: int | None = None) -> Path:
     """SSOD from ``src``'s burn-in state with config ``overrides`` (dotted keys) into ``dst``; resumable.
 

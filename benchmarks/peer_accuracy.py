@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.branch import branch, rows, run_arm, wall_s
+from benchmarks.branch import baselines, branch, rows, run_arm, wall_s
 from benchmarks.common import parse_arms, record
 from benchmarks.peer_runs import PEERS, UltralyticsBackend, export_split, run_peer, yolov5_hyp
 
@@ -81,8 +81,7 @@ def train_arms(project: Path, data: str, labeled: str, seed: int, which: list[st
     if "ssod" in which:
         run_arm(project, names["ssod"], base, labeled=labeled, seed=seed)
     src = project / names["ssod"]
-    for arm, overrides in (("sup", {"supervised": True, "sched.polish_factor": base.sched.polish_factor}),
-                           ("ctrl", {"ssod.lambda_u": 0.0})):
+    for arm, overrides in baselines(base).items():
         if arm in which:
             if not (src / "weights/burn_in.pt").is_file():
                 raise SystemExit(f"--arms {arm}: {src} has no burn-in state yet; train --arms ssod first")

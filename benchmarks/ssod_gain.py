@@ -31,7 +31,7 @@ import statistics
 import time
 from pathlib import Path
 
-from benchmarks.branch import branch, rows, run_arm, wall_s
+from benchmarks.branch import baselines, branch, rows, run_arm, wall_s
 from benchmarks.common import record
 
 MAP = "metrics/mAP50-95"
@@ -115,15 +115,15 @@ def arms(project: Path, data: str, seed: int, which: list[str], cfg_path: Path |
     if "ssod" in which:
         run_arm(project, f"ssod10_s{seed}", base, labeled="10%", seed=seed)
     src = project / f"ssod10_s{seed}"
-    for arm, name, overrides in (("ctrl", f"ctrl10_s{seed}", {"ssod.lambda_u": 0.0}),
-                                 ("sup10", f"sup10_s{seed}",
-                                  {"supervised": True, "sched.polish_factor": base.sched.polish_factor})):
+    overrides = baselines(base)
+    for arm, name, ov in (("ctrl", f"ctrl10_s{seed}", overrides["ctrl"]),
+                          ("sup10", f"sup10_s{seed}", overrides["sup"])):
         if arm in which:
             while not (src / "weights/burn_in.pt").is_file():  # ssod10 may be in its burn-in in another process
                 if (src / "done.json").is_file():
                     raise SystemExit(f"{src} finished without a burn-in state")
                 time.sleep(30)
-            branch(src, project / name, overrides, base)
+            branch(src, project / name, ov, base)
 
 
 def gap_check(project: Path, data: str, seed: int) -> float:
