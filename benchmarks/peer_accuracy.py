@@ -164,22 +164,20 @@ def summarise(project: Path, data: str, labeled: str, seeds: list[int], device: 
             lines.append(f"- seed {s} {k} ({a.name}): ours mAP50-95 {a.ours:.4f} (mAP50 {a.ours50:.4f}), its own "
                          f"val {a.own:.4f}, band {a.band:.4f} (last 5 own validations), {a.epochs} validations, "
                          f"{a.wall_s / 60:.0f} min{capped}")
-        if not peers:
-            continue
-        top = max(peers, key=lambda a: a.ours)
-        checks = []
-        if "sup" in arms:
+        checks = [] if peers else ["no peer arm finished: targets not checked"]
+        top = max(peers, key=lambda a: a.ours) if peers else None
+        if top and "sup" in arms:
             met = arms["sup"].ours >= top.ours - top.band
             ok &= met
             checks.append(f"supervised {arms['sup'].ours:.3f} >= best peer {top.ours:.3f} - band {top.band:.3f}: "
                           f"{'met' if met else 'NOT met'}")
-        if "ssod" in arms:
+        if top and "ssod" in arms:
             ratio = arms["ssod"].ours / top.ours if top.ours > 0 else float("nan")
             need = SSOD_TARGET.get(data, SSOD_TARGET["sample-large"])
             ok &= ratio >= need
             checks.append(f"SSOD {arms['ssod'].ours:.3f} = {ratio:.2f}x best peer (target {need}x): "
                           f"{'met' if ratio >= need else 'NOT met'}")
-        ok &= "sup" in arms and "ssod" in arms
+        ok &= top is not None and "sup" in arms and "ssod" in arms
         parts.append("; ".join([f"s{s} " + ", ".join(f"{k} {a.ours:.3f}" for k, a in arms.items()), *checks]))
     arms_all = {k for arms in per_seed.values() for k in arms}
     for k in (k for k in ARMS if k in arms_all):
